@@ -1,0 +1,299 @@
+"""GET and ViT: exact sizes, the paper's architecture details, calling convention, released weights."""
+import argparse
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from getlib.deq import fp_correction
+from getlib.models import (GET_models, ViT_models, build_model, count_params, load_released,
+                           sincos_pos_embed_2d)
+from reference import reference_get
+
+DIGITS = dict(input_size=8, in_channels=1)
+
+# PAPER.md, "GET architecture (exact)"
+PAPER_GET_PARAMS = {
+    "GET-T/2": (256, 8_558_092),
+    "GET-M/2": (384, 19_177_740),
+    "GET-S/2": (512, 37_173_260),
+    "GET-B/2": (768, 62_207_244),
+    "GET-B/2+": (768, 83_481_612),
+}
+# PAPER.md: ViT-S ~21.4M, ViT-B ~85.3M, ViT-L ~302.6M, ViT-XL ~446.7M (patch 2)
+PAPER_VIT_PARAMS_M = {"ViT-S/2": 21.4, "ViT-B/2": 85.3, "ViT-L/2": 302.6, "ViT-XL/2": 446.7}
+
+
+def on_meta(fn, **kw):
+    with torch.device("meta"):
+        return fn(**kw)
+
+
+def perturbed(model, std=0.05, seed=0):
+    """Random weights everywhere (the zero-initialised decoder would hide most of the network)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# Sizes
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(PAPER_GET_PARAMS))
+def test_get_param_counts_are_the_papers(name):
+    dim, expected = PAPER_GET_PARAMS[name]
+    assert count_params(on_meta(GET_models[name])) == expected
+    assert count_params(on_meta(GET_models[name], cond=True)) == expected + 10 * 3 * dim
+    assert count_params(on_meta(GET_models[name], cond=True, num_classes=100)) == expected + 100 * 3 * dim
+
+
+def vit_formula(dim, depth, patch, channels=3, size=32):
+    """Hand count: per block 2 LayerNorms (4D) + qkv (3D^2+3D) + proj (D^2+D) + MLP x4 (8D^2+5D)."""
+    tokens = (size // patch) ** 2
+    blocks = depth * (12 * dim * dim + 13 * dim)
+    embed = channels * patch * patch * dim + dim + tokens * dim
+    decoder = 2 * dim + dim * patch * patch * channels + patch * patch * channels
+    return blocks + embed + decoder
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ViT_models if n.split("-")[1][0] in "SBLX"))
+def test_vit_param_counts(name):
+    model = on_meta(ViT_models[name])
+    assert count_params(model) == vit_formula(model.hidden_size, len(model.blocks), model.patch_size)
+    if name in PAPER_VIT_PARAMS_M:
+        assert round(count_params(model) / 1e6, 1) == PAPER_VIT_PARAMS_M[name]
+    assert count_params(on_meta(ViT_models[name], cond=True)) == count_params(model) + 30 * model.hidden_size
+
+
+def test_vit_l_is_about_5x_get_b():
+    ratio = count_params(on_meta(ViT_models["ViT-L/2"])) / count_params(on_meta(GET_models["GET-B/2"]))
+    assert 4.8 < ratio < 5.0  # PAPER.md: ~4.9x
+
+
+def test_small_configs_take_the_digits_shape():
+    get, vit = GET_models["GET-P/2"](**DIGITS), ViT_models["ViT-P/2"](**DIGITS)
+    assert get.grid ** 2 == 16 and vit.grid ** 2 == 16
+    assert abs(count_params(get) / count_params(vit) - 1) < 0.1  # matched sizes for the GET-vs-ViT table
+
+
+def test_build_model_names_unknown_models():
+    with pytest.raises(ValueError, match="unknown model 'GET-X/2'.*GET-T/2"):
+        build_model("GET-X/2")
+
+
+# ------------------------------------------------------------------------------------------------
+# Architecture details
+# ------------------------------------------------------------------------------------------------
+
+def test_sincos_positions_by_hand():
+    dim, grid = 8, 3
+    pe = sincos_pos_embed_2d(dim, grid)
+    assert pe.shape == (9, 8)
+    # token t = row * grid + col; channels [sin(col w), cos(col w), sin(row w), cos(row w)], w = (1, 1/100)
+    row, col = 2, 1
+    w = torch.tensor([1.0, 1 / 100.0], dtype=torch.float64)
+    expected = torch.cat([torch.sin(col * w), torch.cos(col * w), torch.sin(row * w), torch.cos(row * w)])
+    torch.testing.assert_close(pe[row * grid + col], expected.float())
+
+
+def test_initialisation_is_the_papers():
+    torch.manual_seed(0)
+    model = GET_models["GET-T/2"](cond=True)
+    assert not model.pos_embed.requires_grad
+    torch.testing.assert_close(model.pos_embed[0], sincos_pos_embed_2d(256, 16))
+    assert model.final_layer.linear.weight.abs().sum() == 0 and model.final_layer.linear.bias.abs().sum() == 0
+    assert model.qkv_inj.bias is None and model.qkv_inj.weight.shape == (3 * 256 * 3, 256)
+    qkv = model.deq_blocks[0].attn.qkv
+    bound = math.sqrt(6 / (qkv.in_features + qkv.out_features))  # xavier-uniform
+    assert qkv.weight.abs().max() <= bound and qkv.weight.abs().max() > 0.9 * bound
+    assert qkv.bias.abs().sum() == 0
+    conv = model.x_embedder.proj.weight
+    assert conv.abs().max() <= math.sqrt(6 / (conv[0].numel() + conv.shape[0]))
+    assert abs(model.y_embedder.embedding_table.weight.std().item() - 0.02) < 0.002
+    norm = model.blocks[0].norm1
+    assert norm.eps == 1e-6 and torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
+    assert [b.mlp.fc1.out_features for b in model.deq_blocks] == [6 * 256] * 3
+    assert [b.mlp.fc1.out_features for b in model.blocks] == [4 * 256] * 6
+
+
+def test_zero_decoder_gives_zero_images_at_init():
+    model = GET_models["GET-P/2"](**DIGITS).eval()
+    assert torch.all(model(torch.randn(2, 1, 8, 8)) == 0)
+
+
+def test_attention_goes_through_sdpa(monkeypatch):
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = GET_models["GET-P/2"](**DIGITS).eval()
+    model(torch.randn(1, 1, 8, 8), eval_f_max_iter=2, eval_f_tol=0.0)
+    assert len(calls) == 2 + 2 * 3  # 2 injection blocks + 2 iterations of 3 equilibrium blocks
+
+
+def test_class_embedding_reaches_every_blocks_qkv():
+    """The class table is shared by both parts: perturbing it changes every block's qkv input."""
+    model = perturbed(GET_models["GET-P/2"](**DIGITS, cond=True))
+    seen = []
+    for blk in [*model.blocks, *model.deq_blocks]:
+        blk.attn.register_forward_hook(lambda m, args, out: seen.append(args[1]))
+    labels = torch.tensor([3, 7])
+    model.eval()(torch.randn(2, 1, 8, 8), labels, eval_f_max_iter=1)
+    expected = model.y_embedder.embedding_table.weight[labels].unsqueeze(1)
+    assert len(seen) == 5 and all(torch.equal(c, expected) for c in seen)
+
+
+# ------------------------------------------------------------------------------------------------
+# Calling convention, seeds, validation
+# ------------------------------------------------------------------------------------------------
+
+def test_train_mode_returns_the_six_states_eval_one_image():
+    model = perturbed(GET_models["GET-P/2"](**DIGITS))
+    noise = torch.randn(3, 1, 8, 8)
+    states = model.train()(noise)
+    assert isinstance(states, list) and len(states) == 6 and all(s.shape == noise.shape for s in states)
+    image, stats = model.eval()(noise, return_stats=True)
+    assert image.shape == noise.shape and stats.n_iter == 6 and stats.abs_trace.shape == (6, 3)
+
+
+def test_same_seed_same_samples():
+    model = perturbed(GET_models["GET-P/2"](**DIGITS)).eval()
+    noise = torch.randn(4, 1, 8, 8)
+    a = model(noise, generator=torch.Generator().manual_seed(7))
+    b = model(noise, generator=torch.Generator().manual_seed(7))
+    c = model(noise, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    z0 = model.initial_state(4, noise, torch.Generator().manual_seed(7))
+    assert torch.equal(model(noise, z0=z0), a)
+
+
+def test_test_time_iterations_are_a_knob():
+    model = perturbed(GET_models["GET-P/2"](**DIGITS), std=0.02).eval()
+    noise, z0 = torch.randn(2, 1, 8, 8), torch.randn(2, 16, 64)
+    _, s3 = model(noise, z0=z0, eval_f_max_iter=3, eval_f_tol=0.0, return_stats=True)
+    _, s12 = model(noise, z0=z0, eval_f_max_iter=12, eval_f_tol=0.0, return_stats=True,
+                   eval_f_solver="anderson")
+    assert s3.n_iter == 3 and s12.n_iter == 12
+    with pytest.raises(ValueError, match="unknown DEQ setting.*max_iters"):
+        model(noise, max_iters=3)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(noise=torch.randn(2, 3, 8, 8)), r"expects noise of shape \(B, 1, 8, 8\), got \(2, 3, 8, 8\)"),
+    (dict(noise=torch.randn(2, 1, 8, 8), class_labels=torch.tensor([1, 2])), "unconditional"),
+    (dict(noise=torch.randn(2, 1, 8, 8), z0=torch.randn(2, 16, 32)), "z0 must have the token shape"),
+])
+def test_bad_inputs_are_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        GET_models["GET-P/2"](**DIGITS).eval()(**bad)
+
+
+@pytest.mark.parametrize("labels, match", [
+    (None, "class-conditional: pass class_labels"),
+    (torch.tensor([0, 10]), r"lie in \[0, 10\)"),
+    (torch.tensor([0.0, 1.0]), "integers"),
+])
+def test_bad_labels_are_named(labels, match):
+    with pytest.raises(ValueError, match=match):
+        ViT_models["ViT-P/2"](**DIGITS, cond=True)(torch.randn(2, 1, 8, 8), labels)
+
+
+@pytest.mark.parametrize("name", ["GET-P/2", "ViT-P/2"])
+def test_class_conditional_models_train_one_step_and_sample(name):
+    torch.manual_seed(0)
+    model = build_model(name, **DIGITS, cond=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0)
+    noise, labels, target = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)), torch.rand(8, 1, 8, 8)
+    before = model.y_embedder.embedding_table.weight.clone()
+    model.train()
+    for _ in range(2):  # the decoder starts at zero: the second step reaches the class table
+        loss, _ = fp_correction(lambda a, b: (a - b).abs().mean(), model(noise, labels), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.equal(before, model.y_embedder.embedding_table.weight)
+    with torch.no_grad():
+        samples = model.eval()(noise, labels)
+    assert samples.shape == noise.shape and torch.isfinite(samples).all() and samples.abs().sum() > 0
+
+
+def test_memory_efficient_mode_gives_the_same_gradients():
+    base = perturbed(GET_models["GET-P/2"](**DIGITS, cond=True)).train()
+    lean = GET_models["GET-P/2"](**DIGITS, cond=True, deq=dict(memory_efficient=True)).train()
+    lean.load_state_dict(base.state_dict())
+    noise, labels, z0, target = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]), torch.randn(4, 16, 64), torch.rand(4, 1, 8, 8)
+    for model in (base, lean):
+        loss, _ = fp_correction(lambda a, b: (a - b).abs().mean(), model(noise, labels, z0), target)
+        loss.backward()
+    for (name, p), q in zip(base.named_parameters(), lean.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# The authors' released checkpoints
+# ------------------------------------------------------------------------------------------------
+
+def save_release(path, model_name, cond=False, **kw):
+    """A checkpoint in the release's layout: model/ema/opt state dicts and an argparse Namespace."""
+    online = perturbed(build_model(model_name, cond=cond, **kw), seed=1)
+    ema = perturbed(build_model(model_name, cond=cond, **kw), seed=2)
+    opt = torch.optim.AdamW(online.parameters())
+    args = argparse.Namespace(model=model_name, cond=cond, lr=1e-4, ema_decay=0.9999, mem=False)
+    torch.save({"args": args, "model": online.state_dict(), "ema": ema.state_dict(),
+                "opt": opt.state_dict()}, path)
+    return online.state_dict(), ema.state_dict()
+
+
+@pytest.mark.parametrize("cond", [False, True])
+def test_released_checkpoint_gives_the_reference_images(tmp_path, cond):
+    path = tmp_path / "release.pth"
+    online_sd, ema_sd = save_release(path, "GET-T/2", cond=cond)
+    model = load_released(path, "GET-T/2", cond=cond)
+    assert not model.training
+    noise, z0 = torch.randn(2, 3, 32, 32), torch.randn(2, 256, 256)
+    labels = torch.tensor([3, 8]) if cond else None
+    with torch.no_grad():
+        ours = model(noise, labels, z0)
+        theirs = reference_get(ema_sd, noise, heads=4, labels=labels, z0=z0)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-5)  # float32 round-off
+        online = load_released(path, "GET-T/2", cond=cond, ema=False).train()
+        states = online(noise, labels, z0)
+        ref_states = reference_get(online_sd, noise, heads=4, labels=labels, z0=z0, train=True)
+    for a, b in zip(states, ref_states, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
+
+
+def test_released_checkpoint_of_the_wrong_kind_is_refused(tmp_path):
+    path = tmp_path / "cond.pth"
+    save_release(path, "GET-P/2", cond=True, **DIGITS)
+    with pytest.raises(ValueError, match="class-conditional checkpoint: pass cond=True"):
+        load_released(path, "GET-P/2", **DIGITS)
+    with pytest.raises(ValueError, match="wrong shape"):
+        load_released(path, "GET-N/2", cond=True, **DIGITS)
+    torch.save({"state_dict": {}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="expected the release layout.*'ema'.*found \\['state_dict'\\]"):
+        load_released(tmp_path / "other.pth", "GET-P/2", **DIGITS)
+
+
+def test_truncated_or_missing_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "release.pth"
+    save_release(path, "GET-P/2", **DIGITS)
+    (tmp_path / "cut.pth").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="cut.pth: not a readable torch.save checkpoint"):
+        load_released(tmp_path / "cut.pth", "GET-P/2", **DIGITS)
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        load_released(tmp_path / "nothing.pth", "GET-P/2", **DIGITS)
+
+
+def test_released_checkpoint_with_code_in_it_is_not_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+    torch.save({"args": Evil(), "model": {}, "ema": {}}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="not a readable torch.save checkpoint"):
+        load_released(tmp_path / "evil.pth", "GET-P/2", **DIGITS)

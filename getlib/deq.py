@@ -53,21 +53,6 @@ class SolverStats:
     n_iter: int
     stop_mode: str = "abs"
 
-    @property
-    def residual(self) -> Tensor:
-        """Per-sample residual of the returned iterate in the stop mode's measure."""
-        return self.abs_lowest if self.stop_mode == "abs" else self.rel_lowest
-
-    def summary(self) -> dict[str, float]:
-        """Batch means, for logging."""
-        finite = lambda t: t[torch.isfinite(t)]  # noqa: E731 - samples never evaluated carry inf
-        return {
-            "n_iter": float(self.n_iter),
-            "nstep": self.nstep.float().mean().item(),
-            "abs_residual": finite(self.abs_lowest).mean().item() if self.n_iter else float("nan"),
-            "rel_residual": finite(self.rel_lowest).mean().item() if self.n_iter else float("nan"),
-        }
-
 
 class _Tracker:
     """Keeps, per sample, the lowest-residual candidate seen so far (strictly smaller replaces)."""

@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from getlib.deq import DEQConfig, SolverStats, solve_deq
 
 __all__ = ["GET", "ViT", "GET_models", "ViT_models", "build_model", "load_released",
-           "sincos_pos_embed_2d", "count_params", "describe"]
+           "sincos_pos_embed_2d", "count_params"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -428,10 +428,3 @@ def load_released(path: str | Path, model_name: str, cond: bool = False, ema: bo
     model.load_state_dict(state)
     return model.eval()
 
-
-def describe(model: nn.Module) -> str:
-    """One line: name, parameters, tokens, data shape."""
-    n = count_params(model)
-    return (f"{model.name}: {n:,} parameters ({n / 1e6:.1f}M), {model.grid ** 2} tokens of "
-            f"{model.hidden_size}, input {model.in_channels}x{model.input_size}x{model.input_size}, "
-            f"{'class-conditional' if model.cond else 'unconditional'}")

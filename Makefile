@@ -23,6 +23,7 @@ repro: setup
 	else echo "pipeline not built yet: dvc.yaml arrives with the pipeline issue; getlib and its tests are ready (make test)"; fi
 
 lab: setup
+	mkdir -p notebooks
 	$(BIN)/jupyter lab notebooks/
 
 clean:

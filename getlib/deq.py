@@ -108,8 +108,7 @@ class _Tracker:
 # ------------------------------------------------------------------------------------------------
 
 def fixed_point_iter(f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int = 6, tol: float = 1e-3,
-                     stop_mode: str = "abs", per_sample_stop: bool = False,
-                     **_: object) -> tuple[Tensor, SolverStats]:
+                     stop_mode: str = "abs", per_sample_stop: bool = False) -> tuple[Tensor, SolverStats]:
     """Plain iteration z_{k+1} = f(z_k).
 
     Iteration k evaluates f(z_k) and its residual r_k = ||f(z_k) - z_k||; per sample the f(z_k)
@@ -132,7 +131,7 @@ def fixed_point_iter(f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int = 
 
 def anderson(f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int = 6, tol: float = 1e-3,
              stop_mode: str = "abs", per_sample_stop: bool = False, m: int = 5, lam: float = 1e-4,
-             beta: float = 1.0, **_: object) -> tuple[Tensor, SolverStats]:
+             beta: float = 1.0) -> tuple[Tensor, SolverStats]:
     """Anderson acceleration (type II, Walker & Ni 2011) with memory m, Tikhonov lam, mixing beta.
 
     The next iterate mixes the last n = min(k, m) evaluations: x_{k+1} = sum_i a_i (beta f(x_i) +
@@ -156,7 +155,7 @@ def anderson(f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int = 6, tol: 
         xs.append(x.reshape(b, -1))
         fs.append(fx.reshape(b, -1))
         xs, fs = xs[-m:], fs[-m:]
-        X, F = torch.stack(xs, 1), torch.stack(fs, 1)            # (B, n, d)
+        X, F = torch.stack(xs, 1).to(z0.dtype), torch.stack(fs, 1).to(z0.dtype)   # (B, n, d)
         G = (F - X).double()
         nh = G.shape[1]
         H = torch.zeros(b, nh + 1, nh + 1, dtype=torch.float64, device=z0.device)
@@ -167,8 +166,9 @@ def anderson(f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int = 6, tol: 
         rhs = torch.zeros(b, nh + 1, 1, dtype=torch.float64, device=z0.device)
         rhs[:, 0] = 1.0
         alpha = torch.linalg.solve(H, rhs)[:, 1:, 0].to(X.dtype)  # (B, n), sums to 1
-        mixed = beta * F + (1.0 - beta) * X
-        x = (alpha.unsqueeze(1) @ mixed).squeeze(1).view_as(z0)
+        with torch.autocast(z0.device.type, enabled=False):  # keep the state in z0's dtype under AMP
+            mixed = beta * F + (1.0 - beta) * X
+            x = (alpha.unsqueeze(1) @ mixed).squeeze(1).view_as(z0).to(z0.dtype)
     return track.best, track.stats(n)
 
 
@@ -178,19 +178,12 @@ SOLVERS: dict[str, Callable[..., tuple[Tensor, SolverStats]]] = {
 }
 
 
-def _solver(name: str) -> Callable[..., tuple[Tensor, SolverStats]]:
-    try:
-        return SOLVERS[name]
-    except KeyError:
-        raise ValueError(f"unknown DEQ solver {name!r}; choose one of {sorted(SOLVERS)}") from None
-
-
 # ------------------------------------------------------------------------------------------------
 # Gradients: how autograd reaches the parameters of f from (an estimate of) z*
 # ------------------------------------------------------------------------------------------------
 
 def phantom_grad(f: Callable[[Tensor], Tensor], z_star: Tensor, steps: int = 6, tau: float = 1.0,
-                 sup_gap: int = 1, **_: object) -> list[Tensor]:
+                 sup_gap: int = 1) -> list[Tensor]:
     """Phantom gradient: `steps` damped iterations z <- tau f(z) + (1 - tau) z tracked by autograd.
 
     Starting from a solver estimate z* (or from z0 itself, as the paper does), it returns the
@@ -211,17 +204,16 @@ def phantom_grad(f: Callable[[Tensor], Tensor], z_star: Tensor, steps: int = 6, 
     return states
 
 
-def implicit_grad(f: Callable[[Tensor], Tensor], z_star: Tensor, b_solver: str = "fixed_point_iter",
-                  b_max_iter: int = 30, b_tol: float = 1e-6, b_stop_mode: str = "abs",
-                  **solver_kwargs: object) -> list[Tensor]:
+def implicit_grad(f: Callable[[Tensor], Tensor], z_star: Tensor,
+                  backward_solve: Callable[[Callable[[Tensor], Tensor], Tensor], tuple[Tensor, SolverStats]]
+                  ) -> list[Tensor]:
     """Implicit differentiation at the fixed point.
 
     Returns [f(z*)], one re-evaluation of f at the (detached) solution. Its incoming gradient
     v = dL/dz* is replaced by g solving the backward fixed point g = J^T g + v with J = df/dz at z*
-    (vector-Jacobian products through that re-evaluation), so that the parameters receive
-    v (I - J)^{-1} df/dtheta: the exact gradient of a true fixed point.
+    (vector-Jacobian products through that re-evaluation; `backward_solve(map, init)` solves it),
+    so that the parameters receive v (I - J)^{-1} df/dtheta: the exact gradient of a true fixed point.
     """
-    solve = _solver(b_solver)
     z = z_star.detach().requires_grad_()
     fz = f(z)
     if not fz.requires_grad:  # nothing in f needs a gradient (e.g. frozen weights)
@@ -229,19 +221,11 @@ def implicit_grad(f: Callable[[Tensor], Tensor], z_star: Tensor, b_solver: str =
 
     def backward_fixed_point(v: Tensor) -> Tensor:
         handle.remove()  # the VJPs below must not re-enter this hook
-        vjp = lambda g: torch.autograd.grad(fz, z, g, retain_graph=True)[0] + v  # noqa: E731
-        g, _ = solve(vjp, v, max_iter=b_max_iter, tol=b_tol, stop_mode=b_stop_mode, **solver_kwargs)
+        g, _ = backward_solve(lambda g: torch.autograd.grad(fz, z, g, retain_graph=True)[0] + v, v)
         return g
 
     handle = fz.register_hook(backward_fixed_point)
     return [fz]
-
-
-GRADIENTS: dict[str, Callable[..., list[Tensor]]] = {
-    "phantom": phantom_grad,
-    "unrolled": phantom_grad,  # the paper's name for it: tau = 1, backprop through every step
-    "implicit": implicit_grad,
-}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -292,27 +276,36 @@ class DEQConfig:
     eval_f_max_iter: int = 6
     eval_f_tol: float = 1e-3
     per_sample_stop: bool = False
-    # Anderson acceleration settings (used wherever a solver is 'anderson')
+    # Anderson acceleration (wherever a solver is 'anderson'); lam is relative to the residuals
     anderson_m: int = 5
     anderson_lam: float = 1e-4
     anderson_beta: float = 1.0
-    # checkpoint every equilibrium block call: O(1) activation memory in the number of iterations
+    # checkpoint every equilibrium block call: the unroll keeps only block inputs for backward
     memory_efficient: bool = False
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), {"str": str, "int": int, "float": (int, float), "bool": bool}[f.type]
+            if not isinstance(value, kind) or (f.type in ("int", "float") and isinstance(value, bool)):
+                raise ValueError(f"DEQ setting {f.name} must be {f.type}, got {value!r}")
         for key in ("f_solver", "b_solver", "eval_f_solver"):
-            _solver(getattr(self, key))
+            if getattr(self, key) not in SOLVERS:
+                raise ValueError(f"unknown DEQ solver {key}={getattr(self, key)!r}; choose one of {sorted(SOLVERS)}")
         if self.grad not in GRADIENTS:
             raise ValueError(f"unknown DEQ gradient grad={self.grad!r}; choose one of {sorted(GRADIENTS)}")
-        for key in ("f_stop_mode",):
-            if getattr(self, key) not in ("abs", "rel"):
-                raise ValueError(f"{key} must be 'abs' or 'rel', got {getattr(self, key)!r}")
-        for key in ("f_max_iter", "eval_f_max_iter", "b_max_iter"):
+        if self.f_stop_mode not in ("abs", "rel"):
+            raise ValueError(f"f_stop_mode must be 'abs' or 'rel', got {self.f_stop_mode!r}")
+        for key in ("f_max_iter", "eval_f_max_iter", "b_max_iter", "f_tol", "b_tol", "eval_f_tol", "anderson_lam"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("grad_steps", "sup_gap", "anderson_m"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not self.tau > 0:
+            raise ValueError(f"tau (phantom-gradient damping) must be > 0, got {self.tau}")
+        if self.grad == "implicit" and self.f_max_iter == 0:
+            raise ValueError("grad='implicit' differentiates at a fixed point: set f_max_iter > 0 "
+                             "(with f_max_iter=0 the 'solution' is the random initial state)")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DEQConfig":
@@ -327,6 +320,21 @@ class DEQConfig:
     def replace(self, **overrides: object) -> "DEQConfig":
         return DEQConfig.from_dict({**dataclasses.asdict(self), **overrides})
 
+    def solve(self, name: str, f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int, tol: float,
+              stop_mode: str) -> tuple[Tensor, SolverStats]:
+        """Run solver `name` with this config's solver settings."""
+        extra = dict(m=self.anderson_m, lam=self.anderson_lam, beta=self.anderson_beta) if name == "anderson" else {}
+        return SOLVERS[name](f, z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
+                             per_sample_stop=self.per_sample_stop, **extra)
+
+
+GRADIENTS: dict[str, Callable[[Callable[[Tensor], Tensor], Tensor, DEQConfig], list[Tensor]]] = {
+    "phantom": lambda f, z, c: phantom_grad(f, z, c.grad_steps, c.tau, c.sup_gap),
+    "unrolled": lambda f, z, c: phantom_grad(f, z, c.grad_steps, c.tau, c.sup_gap),  # the paper's name (tau=1)
+    "implicit": lambda f, z, c: implicit_grad(
+        f, z, lambda g_map, init: c.solve(c.b_solver, g_map, init, c.b_max_iter, c.b_tol, c.f_stop_mode)),
+}
+
 
 def solve_deq(f: Callable[[Tensor], Tensor], z0: Tensor, cfg: DEQConfig,
               training: bool) -> tuple[list[Tensor], SolverStats]:
@@ -336,19 +344,10 @@ def solve_deq(f: Callable[[Tensor], Tensor], z0: Tensor, cfg: DEQConfig,
     or [f(z*)] for implicit differentiation) after a no-grad solve of cfg.f_max_iter iterations.
     Evaluation returns [z*], the lowest-residual iterate of the evaluation solve, without autograd.
     """
-    kw = dict(m=cfg.anderson_m, lam=cfg.anderson_lam, beta=cfg.anderson_beta,
-              per_sample_stop=cfg.per_sample_stop)
     if not training:
         with torch.no_grad():
-            z, stats = _solver(cfg.eval_f_solver)(f, z0, max_iter=cfg.eval_f_max_iter,
-                                                  tol=cfg.eval_f_tol, stop_mode=cfg.f_stop_mode, **kw)
+            z, stats = cfg.solve(cfg.eval_f_solver, f, z0, cfg.eval_f_max_iter, cfg.eval_f_tol, cfg.f_stop_mode)
         return [z], stats
     with torch.no_grad():
-        z, stats = _solver(cfg.f_solver)(f, z0.detach(), max_iter=cfg.f_max_iter, tol=cfg.f_tol,
-                                         stop_mode=cfg.f_stop_mode, **kw)
-    if GRADIENTS[cfg.grad] is implicit_grad:
-        states = implicit_grad(f, z, b_solver=cfg.b_solver, b_max_iter=cfg.b_max_iter,
-                               b_tol=cfg.b_tol, b_stop_mode=cfg.f_stop_mode, **kw)
-    else:
-        states = phantom_grad(f, z, steps=cfg.grad_steps, tau=cfg.tau, sup_gap=cfg.sup_gap)
-    return states, stats
+        z, stats = cfg.solve(cfg.f_solver, f, z0.detach(), cfg.f_max_iter, cfg.f_tol, cfg.f_stop_mode)
+    return GRADIENTS[cfg.grad](f, z, cfg), stats

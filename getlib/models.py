@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from getlib.deq import DEQConfig, SolverStats, solve_deq
+from getlib.io import first_line
 
 __all__ = ["GET", "ViT", "GET_models", "ViT_models", "build_model", "load_released",
            "sincos_pos_embed_2d", "count_params"]
@@ -275,23 +276,26 @@ class GET(_PatchTransformer):
         return f
 
     def initial_state(self, batch: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """z0 ~ N(0, I) of the token shape (B, T, D)."""
-        return torch.randn(batch, self.grid ** 2, self.hidden_size, generator=generator,
-                           device=like.device, dtype=like.dtype)
+        """z0 ~ N(0, I) of the token shape (B, T, D), drawn on the generator's device (CPU for a
+        CPU generator, so a seed gives the same z0 on any device) and moved to `like`'s."""
+        device = generator.device if generator is not None else like.device
+        z0 = torch.randn(batch, self.grid ** 2, self.hidden_size, generator=generator, device=device)
+        return z0.to(device=like.device, dtype=like.dtype)
 
     def forward(self, noise: Tensor, class_labels: Tensor | None = None, z0: Tensor | None = None, *,
                 generator: torch.Generator | None = None, return_stats: bool = False,
                 **deq_overrides: object) -> Tensor | list[Tensor] | tuple[object, SolverStats]:
         cfg = self.deq_cfg.replace(**deq_overrides) if deq_overrides else self.deq_cfg
-        x, c = self.embed(noise, class_labels)                                            # (B, T, D)
-        u = self.inject(x, c)
-        if z0 is None:
-            z0 = self.initial_state(x.shape[0], x, generator)
-        elif z0.shape != x.shape:
-            raise ValueError(f"z0 must have the token shape {tuple(x.shape)}, got {tuple(z0.shape)}")
-        f = self.equilibrium_map(u, c, cfg.memory_efficient)
-        states, stats = solve_deq(f, z0.to(x.dtype), cfg, training=self.training)
-        images = [self.decode(z) for z in states]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.training):  # sampling: no autograd
+            x, c = self.embed(noise, class_labels)                                        # (B, T, D)
+            u = self.inject(x, c)
+            if z0 is None:
+                z0 = self.initial_state(x.shape[0], x, generator)
+            elif z0.shape != x.shape:
+                raise ValueError(f"z0 must have the token shape {tuple(x.shape)}, got {tuple(z0.shape)}")
+            f = self.equilibrium_map(u, c, cfg.memory_efficient)
+            states, stats = solve_deq(f, z0.to(x), cfg, training=self.training)
+            images = [self.decode(z) for z in states]
         out = images if self.training else images[-1]
         return (out, stats) if return_stats else out
 
@@ -304,7 +308,8 @@ class ViT(_PatchTransformer):
     """A plain stack of the same blocks; the class embedding is added to every block's qkv.
 
     forward(noise, class_labels=None) -> (B, C, H, W) in both modes: a single state, so the
-    fixed-point correction reduces to the plain loss.
+    fixed-point correction reduces to the plain loss. It has no equilibrium state: `z0` and
+    `generator` are accepted for GET's calling convention and ignored.
     """
 
     def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 3,
@@ -315,7 +320,8 @@ class ViT(_PatchTransformer):
         self.blocks = nn.ModuleList([Block(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
         self._finish_init(hidden_size)
 
-    def forward(self, noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    def forward(self, noise: Tensor, class_labels: Tensor | None = None, z0: Tensor | None = None, *,
+                generator: torch.Generator | None = None) -> Tensor:
         x, c = self.embed(noise, class_labels)
         for block in self.blocks:
             x = block(x, c)
@@ -400,9 +406,12 @@ def load_released(path: str | Path, model_name: str, cond: bool = False, ema: bo
         raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
         ckpt = _load_tensors_only(path)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: holds objects other than tensors and plain values, which are not "
+                         f"loaded (weights_only): {first_line(e)}") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
         raise ValueError(f"{path}: not a readable torch.save checkpoint (truncated or corrupt?): "
-                         f"{str(e).splitlines()[0]}") from e
+                         f"{first_line(e)}") from e
     key = "ema" if ema else "model"
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get(key), dict):
         found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__

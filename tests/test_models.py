@@ -135,6 +135,21 @@ def test_attention_goes_through_sdpa(monkeypatch):
     assert len(calls) == 2 + 2 * 3  # 2 injection blocks + 2 iterations of 3 equilibrium blocks
 
 
+def test_injections_add_to_the_qkv_projection(monkeypatch):
+    """Attention(x; c, u) attends with q, k, v = split(W_qkv x + b + c + u) (c: class, u: injection)."""
+    from getlib.models import Attention
+    torch.manual_seed(0)
+    attn = Attention(16, 4)
+    x, c, u = torch.randn(2, 5, 16), torch.randn(2, 1, 48), torch.randn(2, 5, 48)
+    captured = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v: captured.append((q, k, v)) or real(q, k, v))
+    attn(x, c, u)
+    want = (attn.qkv(x) + c + u).view(2, 5, 3, 4, 4).permute(2, 0, 3, 1, 4)  # (3, B, heads, T, D/heads)
+    for got, expected in zip(captured[0], want):
+        torch.testing.assert_close(got, expected)
+
+
 def test_class_embedding_reaches_every_blocks_qkv():
     """The class table is shared by both parts: perturbing it changes every block's qkv input."""
     model = perturbed(GET_models["GET-P/2"](**DIGITS, cond=True))
@@ -156,8 +171,10 @@ def test_train_mode_returns_the_six_states_eval_one_image():
     noise = torch.randn(3, 1, 8, 8)
     states = model.train()(noise)
     assert isinstance(states, list) and len(states) == 6 and all(s.shape == noise.shape for s in states)
+    assert all(s.requires_grad for s in states)
     image, stats = model.eval()(noise, return_stats=True)
     assert image.shape == noise.shape and stats.n_iter == 6 and stats.abs_trace.shape == (6, 3)
+    assert not image.requires_grad  # sampling runs without autograd
 
 
 def test_same_seed_same_samples():
@@ -221,7 +238,11 @@ def test_class_conditional_models_train_one_step_and_sample(name):
     assert samples.shape == noise.shape and torch.isfinite(samples).all() and samples.abs().sum() > 0
 
 
-def test_memory_efficient_mode_gives_the_same_gradients():
+def test_memory_efficient_mode_gives_the_same_gradients(monkeypatch):
+    import getlib.models
+    calls = []
+    real = getlib.models.checkpoint
+    monkeypatch.setattr(getlib.models, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     base = perturbed(GET_models["GET-P/2"](**DIGITS, cond=True)).train()
     lean = GET_models["GET-P/2"](**DIGITS, cond=True, deq=dict(memory_efficient=True)).train()
     lean.load_state_dict(base.state_dict())
@@ -232,6 +253,7 @@ def test_memory_efficient_mode_gives_the_same_gradients():
     for (name, p), q in zip(base.named_parameters(), lean.parameters()):
         if p.requires_grad:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert len(calls) == 6 * 3  # the lean model checkpointed every equilibrium block call
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,6 +302,12 @@ def test_released_checkpoint_of_the_wrong_kind_is_refused(tmp_path):
         load_released(tmp_path / "other.pth", "GET-P/2", **DIGITS)
 
 
+def test_empty_checkpoint_is_refused(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pth: not a readable torch.save checkpoint"):
+        load_released(tmp_path / "empty.pth", "GET-P/2", **DIGITS)
+
+
 def test_truncated_or_missing_checkpoint_is_refused(tmp_path):
     path = tmp_path / "release.pth"
     save_release(path, "GET-P/2", **DIGITS)
@@ -295,5 +323,5 @@ def test_released_checkpoint_with_code_in_it_is_not_executed(tmp_path):
         def __reduce__(self):
             return (print, ("pickled code ran",))
     torch.save({"args": Evil(), "model": {}, "ema": {}}, tmp_path / "evil.pth")
-    with pytest.raises(ValueError, match="not a readable torch.save checkpoint"):
+    with pytest.raises(ValueError, match="objects other than tensors and plain values"):
         load_released(tmp_path / "evil.pth", "GET-P/2", **DIGITS)

@@ -1,0 +1,347 @@
+"""Teacher noise/image pairs: sharded, checksummed, resumable; a Dataset; import of released pairs.
+
+On disk (`root/`):
+
+    manifest.json           shapes, dtypes, counts, seeds, teacher identity, sampler settings,
+                            and per shard its file, seed range, count and sha256
+    shards/shard-00000.npy  one numpy structured array per shard, memory-mappable, with fields
+                            seed (int64), label (int64, -1 when unconditional), image (C, H, W) and,
+                            for imported data only, latent (C, H, W) float32
+
+Latents are not stored: pair i's latent is `edm.latents_for_seeds([seed_i], shape)`, regenerated
+exactly. Shard k holds seeds seed_start + k * shard_size + [0, shard_size), generated in fixed
+batches, so its bytes do not depend on when or where it was generated: an interrupted run resumes at
+the first missing shard and ends byte-identical to an uninterrupted one. Every file is written to a
+temporary name and renamed. Several processes (ranks) can generate disjoint shards at once.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from getlib.edm import Denoiser, SamplerConfig, edm_sampler, latents_for_seeds
+from getlib.io import atomic_write, atomic_write_json, file_sha256, first_line
+
+__all__ = ["PairSpec", "generate_pairs", "PairDataset", "import_released_pairs", "read_manifest",
+           "verify_pairs", "bytes_per_pair", "RELEASED_BYTES_PER_PAIR"]
+
+FORMAT = "getlib-pairs/1"
+MANIFEST = "manifest.json"
+# The authors' release: float32 latent + float64 image per CIFAR-10 pair (37 GB per 1M pairs)
+RELEASED_BYTES_PER_PAIR = 3 * 32 * 32 * (4 + 8)
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """What a pair set is: everything that determines its bytes (checked on resume and load)."""
+    num_pairs: int
+    image_shape: tuple[int, int, int]
+    num_classes: int | None = None          # None: unconditional
+    seed_start: int = 0
+    shard_size: int = 10_000
+    image_dtype: str = "float16"
+    batch_size: int = 500                   # generation batch (fixed: part of the bytes)
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
+        if self.image_dtype not in ("float16", "float32"):
+            raise ValueError(f"pairs image_dtype must be 'float16' or 'float32', got {self.image_dtype!r}")
+        for key in ("num_pairs", "shard_size", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"pairs {key} must be >= 1, got {getattr(self, key)}")
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(self.num_pairs / self.shard_size)
+
+    def shard_seeds(self, k: int) -> range:
+        lo = self.seed_start + k * self.shard_size
+        return range(lo, min(lo + self.shard_size, self.seed_start + self.num_pairs))
+
+    def as_dict(self) -> dict:
+        return {"num_pairs": self.num_pairs, "image_shape": list(self.image_shape),
+                "num_classes": self.num_classes, "seed_start": self.seed_start,
+                "shard_size": self.shard_size, "image_dtype": self.image_dtype,
+                "batch_size": self.batch_size}
+
+
+def record_dtype(image_shape: tuple[int, ...], image_dtype: str, stored_latents: bool) -> np.dtype:
+    fields = [("seed", "<i8"), ("label", "<i8"), ("image", np.dtype(image_dtype).newbyteorder("<"), image_shape)]
+    if stored_latents:
+        fields.append(("latent", "<f4", image_shape))
+    return np.dtype(fields)
+
+
+def bytes_per_pair(manifest: dict) -> int:
+    return record_dtype(tuple(manifest["spec"]["image_shape"]), manifest["spec"]["image_dtype"],
+                        manifest["latents"] == "stored").itemsize
+
+
+def shard_name(k: int) -> str:
+    return f"shards/shard-{k:05d}.npy"
+
+
+def _write_shard(path: Path, records: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.save(f, records, allow_pickle=False))
+
+
+# ------------------------------------------------------------------------------------------------
+# Generation
+# ------------------------------------------------------------------------------------------------
+
+def _header(spec: PairSpec, teacher_id: dict, sampler: SamplerConfig, latents: str) -> dict:
+    return {"format": FORMAT, "spec": spec.as_dict(), "latents": latents, "teacher": teacher_id,
+            "sampler": sampler.as_dict()}
+
+
+def _differences(have: object, want: object, prefix: str = "") -> list[str]:
+    if isinstance(have, dict) and isinstance(want, dict):
+        return [d for k in sorted(set(have) | set(want))
+                for d in _differences(have.get(k), want.get(k), f"{prefix}{k}.")]
+    return [] if have == want else [f"{prefix.rstrip('.')}: existing {have!r}, asked {want!r}"]
+
+
+def _check_same(root: Path, manifest: dict, header: dict) -> None:
+    diffs = _differences({k: manifest.get(k) for k in header}, header)
+    if diffs:
+        raise ValueError(f"{root / MANIFEST}: the existing pairs were made with other settings ("
+                         + "; ".join(diffs) + f"). Use another folder, or delete {root} to regenerate.")
+
+
+def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_id: dict,
+                   sampler: SamplerConfig = SamplerConfig(), device: str | torch.device = "cpu",
+                   rank: int = 0, world_size: int = 1,
+                   progress: Callable[[int, int], None] | None = None) -> dict | None:
+    """Generate (or finish generating) the pair set `spec` into `root`; returns the manifest.
+
+    `denoise(x, sigma, class_labels)` is the teacher; `teacher_id` identifies it in the manifest
+    (e.g. its checkpoint's sha256). Rank r of `world_size` generates shards k with k % world_size
+    == r; the rank that finds every shard present writes the final manifest (with world_size > 1,
+    call it on every rank and synchronise before reading the result). Existing shards are kept;
+    a manifest made with other settings is refused. Returns None on a rank that did not finish.
+    """
+    root = Path(root)
+    header = _header(spec, teacher_id, sampler, "seeds")
+    if (root / MANIFEST).exists():
+        _check_same(root, read_manifest(root, verify=False, complete=False), header)
+    elif rank == 0:
+        atomic_write_json(root / MANIFEST, {**header, "complete": False, "shards": []})
+    done = 0
+    for k in range(spec.num_shards):
+        path = root / shard_name(k)
+        if k % world_size != rank or path.exists():
+            done += path.exists()
+            continue
+        seeds = spec.shard_seeds(k)
+        records = np.zeros(len(seeds), dtype=record_dtype(spec.image_shape, spec.image_dtype, False))
+        for lo in range(0, len(seeds), spec.batch_size):
+            batch = seeds[lo:lo + spec.batch_size]
+            latents, labels = latents_for_seeds(batch, spec.image_shape, spec.num_classes)
+            images = edm_sampler(denoise, latents.to(device), None if labels is None else labels.to(device),
+                                 **{k_: v for k_, v in sampler.as_dict().items() if k_ != "nfe"})
+            records["seed"][lo:lo + len(batch)] = np.asarray(batch)
+            records["label"][lo:lo + len(batch)] = -1 if labels is None else labels.numpy()
+            records["image"][lo:lo + len(batch)] = images.cpu().numpy().astype(spec.image_dtype)
+        _write_shard(path, records)
+        done += 1
+        if progress:
+            progress(done, spec.num_shards)
+    if all((root / shard_name(k)).exists() for k in range(spec.num_shards)):
+        return _finalise(root, header, spec)
+    return None
+
+
+def _finalise(root: Path, header: dict, spec: PairSpec) -> dict:
+    """Checksum every shard and write the complete manifest."""
+    shards = []
+    for k in range(spec.num_shards):
+        path = root / shard_name(k)
+        count = int(np.load(path, mmap_mode="r").shape[0])
+        first_seed = spec.shard_seeds(k).start if header["latents"] == "seeds" else None
+        shards.append({"file": shard_name(k), "count": count, "first_seed": first_seed,
+                       "sha256": file_sha256(path)})
+    size = record_dtype(spec.image_shape, spec.image_dtype, header["latents"] == "stored").itemsize
+    manifest = {**header, "complete": True, "num_pairs": sum(s["count"] for s in shards), "shards": shards,
+                "bytes_per_pair": size, "bytes_per_pair_vs_released": size / RELEASED_BYTES_PER_PAIR}
+    atomic_write_json(root / MANIFEST, manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading and checking
+# ------------------------------------------------------------------------------------------------
+
+def read_manifest(root: str | Path, verify: bool | str = "size", complete: bool = True) -> dict:
+    """The manifest of a pair set, checked: verify='size' checks every shard's length,
+    'sha256' (or True) its checksum too; False checks nothing beyond the manifest itself."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no pair set at {root} (missing {MANIFEST}): generate the pairs first")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if complete and not manifest.get("complete"):
+        raise ValueError(f"{path}: the pair set is incomplete (generation was interrupted): "
+                         f"run the generation again to finish it")
+    if verify:
+        verify_pairs(root, manifest, checksums=verify in (True, "sha256"))
+    return manifest
+
+
+def verify_pairs(root: Path, manifest: dict, checksums: bool = True) -> None:
+    spec = manifest["spec"]
+    dtype = record_dtype(tuple(spec["image_shape"]), spec["image_dtype"], manifest["latents"] == "stored")
+    for shard in manifest["shards"]:
+        path = root / shard["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: shard listed in the manifest is missing")
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except ValueError as e:
+            raise ValueError(f"{path}: truncated or corrupt shard ({e})") from e
+        if arr.dtype != dtype or arr.shape != (shard["count"],):
+            raise ValueError(f"{path}: holds {arr.shape} records of {arr.dtype}, manifest says "
+                             f"({shard['count']},) of {dtype}")
+        if checksums and file_sha256(path) != shard["sha256"]:
+            raise ValueError(f"{path}: sha256 does not match the manifest: the shard is corrupt; "
+                             f"delete it and run the generation again to rebuild it")
+
+
+class PairDataset(Dataset):
+    """(latent, image, label) triples of a pair set, memory-mapped shard by shard.
+
+    Latents are regenerated from the seeds (or read, for imported data); images are float32;
+    label is -1 for unconditional data. With world_size > 1, rank r reads the shards k with
+    k % world_size == r, and every rank sees the same number of pairs (the smallest rank's count),
+    so DDP ranks run the same number of steps.
+    """
+
+    def __init__(self, root: str | Path, rank: int = 0, world_size: int = 1, verify: bool | str = "size",
+                 expect: dict | None = None):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root, verify=verify)
+        for key, want in (expect or {}).items():
+            have = self.manifest["spec"].get(key, self.manifest.get(key))
+            if have != want:
+                raise ValueError(f"{self.root / MANIFEST}: pairs have {key}={have!r}, expected {want!r}")
+        spec = self.manifest["spec"]
+        self.image_shape = tuple(spec["image_shape"])
+        self.num_classes = spec["num_classes"]
+        self.stored_latents = self.manifest["latents"] == "stored"
+        shards = self.manifest["shards"]
+        if len(shards) < world_size:
+            raise ValueError(f"{self.root}: {len(shards)} shards cannot be split over {world_size} ranks")
+        mine = [s for k, s in enumerate(shards) if k % world_size == rank]
+        per_rank = min(sum(s["count"] for s in shards[r::world_size]) for r in range(world_size))
+        self._files = [self.root / s["file"] for s in mine]
+        self._offsets = np.cumsum([0] + [s["count"] for s in mine])
+        self._length = per_rank
+        self._arrays: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _shard(self, j: int) -> np.ndarray:
+        if j not in self._arrays:  # opened lazily: each DataLoader worker maps its own
+            self._arrays[j] = np.load(self._files[j], mmap_mode="r")
+        return self._arrays[j]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        if not 0 <= i < self._length:
+            raise IndexError(i)
+        j = int(np.searchsorted(self._offsets, i, side="right") - 1)
+        rec = self._shard(j)[i - self._offsets[j]]
+        image = torch.from_numpy(np.array(rec["image"], dtype=np.float32))
+        if self.stored_latents:
+            latent = torch.from_numpy(np.array(rec["latent"], dtype=np.float32))
+        else:
+            latent = latents_for_seeds([int(rec["seed"])], self.image_shape)[0][0]
+        return latent, image, torch.tensor(int(rec["label"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# The authors' released pair files
+# ------------------------------------------------------------------------------------------------
+
+def _released_files(folder: Path) -> list[Path]:
+    try:
+        return sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: int(p.name.split(".")[0]))
+    except ValueError as e:
+        raise ValueError(f"{folder}: released pair files are named <last seed>.pkl; found another name") from e
+
+
+def import_released_pairs(src: str | Path, root: str | Path, num_classes: int | None = None,
+                          image_dtype: str = "float16", shard_size: int = 12_500) -> dict:
+    """Convert the authors' pair folder (`latent/` and `image/` of torch.save shards, matched by
+    name; conditional latent files hold [latents, one-hot labels]) into this format.
+
+    Files are read one pair at a time with weights_only=True and written out shard by shard.
+    Their latents cannot come from our seeds, so they are stored (float32); seeds are recorded as -1.
+    Returns the manifest.
+    """
+    src, root = Path(src), Path(root)
+    lat_files, img_files = _released_files(src / "latent"), _released_files(src / "image")
+    if not lat_files or [p.name for p in lat_files] != [p.name for p in img_files]:
+        raise ValueError(f"{src}: latent/ and image/ must hold the same, non-empty list of files")
+    buffer: list[np.ndarray] = []
+    buffered = n_shards = total = 0
+    image_shape = None
+
+    def flush(final: bool) -> None:
+        nonlocal buffer, buffered, n_shards
+        records = np.concatenate(buffer) if buffer else np.zeros(0)
+        while len(records) >= shard_size or (final and len(records)):
+            _write_shard(root / shard_name(n_shards), records[:shard_size])
+            records, n_shards = records[shard_size:], n_shards + 1
+        buffer, buffered = [records] if len(records) else [], len(records)
+
+    for lp, ip in zip(lat_files, img_files):
+        try:
+            lat = torch.load(lp, map_location="cpu", weights_only=True)
+            img = torch.load(ip, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{lp} / {ip}: not readable as torch.save tensors ({first_line(e)})") from e
+        labels = None
+        if isinstance(lat, (list, tuple)):
+            if num_classes is None:
+                raise ValueError(f"{lp}: holds [latents, labels] (class-conditional data): pass num_classes")
+            lat, onehot = lat
+            if onehot.shape != (lat.shape[0], num_classes) or not torch.all(onehot.sum(1) == 1):
+                raise ValueError(f"{lp}: labels are not one-hot over {num_classes} classes: {tuple(onehot.shape)}")
+            labels = onehot.argmax(1).numpy()
+        elif num_classes is not None:
+            raise ValueError(f"{lp}: holds latents only (unconditional data), but num_classes={num_classes}")
+        if not isinstance(img, torch.Tensor) or lat.shape != img.shape or lat.dim() != 4:
+            raise ValueError(f"{lp} / {ip}: latent {tuple(lat.shape)} and image "
+                             f"{tuple(getattr(img, 'shape', ()))} are not matching (N, C, H, W) tensors")
+        if image_shape is None:
+            image_shape = tuple(img.shape[1:])
+        elif tuple(img.shape[1:]) != image_shape:
+            raise ValueError(f"{ip}: image shape {tuple(img.shape[1:])}, earlier files {image_shape}")
+        rec = np.zeros(len(img), dtype=record_dtype(image_shape, image_dtype, True))
+        rec["seed"], rec["label"] = -1, -1 if labels is None else labels
+        rec["image"], rec["latent"] = img.numpy().astype(image_dtype), lat.float().numpy()
+        buffer.append(rec)
+        buffered += len(rec)
+        total += len(rec)
+        if buffered >= shard_size:
+            flush(final=False)
+    flush(final=True)
+    spec = PairSpec(num_pairs=total, image_shape=image_shape, num_classes=num_classes, seed_start=0,
+                    shard_size=shard_size, image_dtype=image_dtype, batch_size=shard_size)
+    header = {"format": FORMAT, "spec": spec.as_dict(), "latents": "stored",
+              "teacher": {"kind": "released-pairs", "source": str(src.resolve())},
+              "sampler": SamplerConfig().as_dict()}
+    return _finalise(root, header, spec)

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["SIGMA_DATA", "precond_coeffs", "EDMPrecond", "edm_loss", "SamplerConfig", "time_steps",
-           "edm_sampler", "latents_for_seeds", "load_edm_checkpoint", "EDM_CHECKPOINT_URLS"]
+           "edm_sampler", "latents_for_seeds", "load_edm_checkpoint", "EDMNetwork", "EDM_CHECKPOINT_URLS"]
 
 SIGMA_DATA = 0.5
 
@@ -203,4 +204,20 @@ def load_edm_checkpoint(pkl_path: str | Path, edm_repo: str | Path) -> nn.Module
     for attr in ("img_resolution", "img_channels", "label_dim"):
         if not hasattr(net, attr):
             raise ValueError(f"{pkl_path}: the 'ema' network has no '{attr}': not an EDM denoiser")
-    return net.eval().requires_grad_(False)
+    return EDMNetwork(net).eval().requires_grad_(False)
+
+
+class EDMNetwork(nn.Module):
+    """An official EDM network as a `Denoiser`: integer class labels become the one-hot vectors it
+    takes. img_resolution, img_channels and label_dim are the network's."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.img_resolution, self.img_channels, self.label_dim = net.img_resolution, net.img_channels, net.label_dim
+
+    def forward(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
+        if self.label_dim and class_labels is None:
+            raise ValueError(f"this EDM network is class-conditional ({self.label_dim} classes): pass class_labels")
+        onehot = F.one_hot(class_labels, self.label_dim).float() if self.label_dim else None
+        return self.net(x, sigma, onehot)

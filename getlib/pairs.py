@@ -124,15 +124,15 @@ def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_
 
     `denoise(x, sigma, class_labels)` is the teacher; `teacher_id` identifies it in the manifest
     (e.g. its checkpoint's sha256). Rank r of `world_size` generates shards k with k % world_size
-    == r; the rank that finds every shard present writes the final manifest (with world_size > 1,
-    call it on every rank and synchronise before reading the result). Existing shards are kept;
-    a manifest made with other settings is refused. Returns None on a rank that did not finish.
+    == r; a rank that finds every shard present checksums them and writes the final manifest, and
+    returns it (others return None: under torchrun, synchronise, then let rank 0 call again).
+    Existing shards are kept; a pair set made with other settings is refused.
     """
     root = Path(root)
     header = _header(spec, teacher_id, sampler, "seeds")
     if (root / MANIFEST).exists():
         _check_same(root, read_manifest(root, verify=False, complete=False), header)
-    elif rank == 0:
+    else:  # ranks racing here write the same bytes, each by an atomic rename
         atomic_write_json(root / MANIFEST, {**header, "complete": False, "shards": []})
     done = 0
     for k in range(spec.num_shards):
@@ -345,3 +345,79 @@ def import_released_pairs(src: str | Path, root: str | Path, num_classes: int | 
               "teacher": {"kind": "released-pairs", "source": str(src.resolve())},
               "sampler": SamplerConfig().as_dict()}
     return _finalise(root, header, spec)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line: python -m getlib.pairs ... (torchrun for several GPUs)
+# ------------------------------------------------------------------------------------------------
+
+def teacher_from_checkpoint(path: str | Path, edm_repo: str | Path | None = None) -> tuple[Denoiser, dict]:
+    """The teacher in `path` and its identity: an official EDM pickle (.pkl, needs `edm_repo`) or
+    an embedded teacher written by `teacher.train_teacher`."""
+    from getlib.edm import load_edm_checkpoint
+    from getlib.teacher import load_teacher
+
+    path = Path(path)
+    if path.suffix == ".pkl":
+        if edm_repo is None:
+            raise ValueError(f"{path} is an EDM pickle: give the EDM repository folder (--edm-repo)")
+        denoise, kind = load_edm_checkpoint(path, edm_repo), "edm"
+    else:
+        denoise, kind = load_teacher(path), "embedded"
+    return denoise, {"kind": kind, "checkpoint": path.name, "sha256": file_sha256(path)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import os
+
+    import torch.distributed as dist
+
+    ap = argparse.ArgumentParser(prog="python -m getlib.pairs", description=(
+        "Generate teacher noise/image pairs into a sharded, checksummed pair set (resumable). "
+        "Under torchrun every rank generates its share of the shards."))
+    ap.add_argument("--teacher", required=True, help="embedded teacher .pt or official EDM .pkl")
+    ap.add_argument("--edm-repo", help="folder of github.com/NVlabs/edm (for .pkl teachers)")
+    ap.add_argument("--out", required=True, help="pair set folder")
+    ap.add_argument("--num-pairs", type=int, required=True)
+    ap.add_argument("--seed-start", type=int, default=0)
+    ap.add_argument("--shard-size", type=int, default=10_000)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--image-dtype", default="float16", choices=["float16", "float32"])
+    ap.add_argument("--num-classes", type=int, default=None, help="class-conditional teacher: number of classes")
+    ap.add_argument("--image-shape", type=int, nargs=3, required=True, metavar=("C", "H", "W"))
+    ap.add_argument("--steps", type=int, default=18)
+    ap.add_argument("--solver", default="heun", choices=["heun", "euler"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+
+    distributed = "WORLD_SIZE" in os.environ
+    rank, world = 0, 1
+    device = torch.device(args.device)
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    denoise, teacher_id = teacher_from_checkpoint(args.teacher, args.edm_repo)
+    denoise = denoise.to(device)
+    spec = PairSpec(num_pairs=args.num_pairs, image_shape=tuple(args.image_shape), num_classes=args.num_classes,
+                    seed_start=args.seed_start, shard_size=args.shard_size, image_dtype=args.image_dtype,
+                    batch_size=args.batch_size)
+    sampler = SamplerConfig(num_steps=args.steps, solver=args.solver)
+    report = (lambda done, total: print(f"rank {rank}: shard {done}/{total}", flush=True)) if rank == 0 else None
+    manifest = generate_pairs(denoise, args.out, spec, teacher_id, sampler, device, rank, world, report)
+    if distributed:
+        dist.barrier()
+        if rank == 0 and manifest is None:
+            manifest = generate_pairs(denoise, args.out, spec, teacher_id, sampler, device, 0, world)
+        dist.destroy_process_group()
+    if rank == 0:
+        print(f"{manifest['num_pairs']} pairs in {len(manifest['shards'])} shards at {args.out} "
+              f"({manifest['bytes_per_pair']} bytes per pair, {manifest['bytes_per_pair_vs_released']:.2f}x "
+              f"the released format)")
+
+
+if __name__ == "__main__":
+    main()

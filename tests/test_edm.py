@@ -151,8 +151,25 @@ def test_edm_checkpoint_loads_through_the_edm_repo(fake_edm_repo):
     repo, pkl = fake_edm_repo
     net = load_edm_checkpoint(pkl, repo)
     assert not net.training and not any(p.requires_grad for p in net.parameters())
+    assert (net.img_resolution, net.img_channels, net.label_dim) == (32, 3, 0)
     x = edm_sampler(net, torch.randn(2, 3, 32, 32), num_steps=3)
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
+
+
+def test_edm_network_takes_integer_labels_as_one_hot():
+    from getlib.edm import EDMNetwork
+
+    class Cond(nn.Module):
+        img_resolution, img_channels, label_dim = 4, 1, 10
+
+        def forward(self, x, sigma, class_labels=None):
+            return x + class_labels.argmax(1).float().view(-1, 1, 1, 1) + 100 * class_labels.sum(1).view(-1, 1, 1, 1)
+
+    net = EDMNetwork(Cond())
+    out = net(torch.zeros(2, 1, 4, 4), 1.0, torch.tensor([3, 7]))
+    assert out[:, 0, 0, 0].tolist() == [103.0, 107.0]  # one-hot: argmax = label, sum = 1
+    with pytest.raises(ValueError, match=r"class-conditional \(10 classes\): pass class_labels"):
+        net(torch.zeros(2, 1, 4, 4), 1.0)
 
 
 def test_missing_edm_checkpoint_says_what_to_download(tmp_path, fake_edm_repo):

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from getlib.data import to_uint8
 from getlib.io import atomic_torch_save, first_line
 
-__all__ = ["FeatureNet", "split_indices", "train_feature_net", "load_feature_net"]
+__all__ = ["FeatureNet", "split_indices", "train_feature_net", "load_feature_net", "image_features"]
 
 
 class FeatureNet(nn.Module):
@@ -102,3 +103,13 @@ def load_feature_net(path: str | Path) -> tuple[FeatureNet, dict]:
         raise ValueError(f"{path}: not a feature network saved by train_feature_net "
                          f"({type(e).__name__}: {first_line(e)})") from e
     return net.eval().requires_grad_(False), ckpt["report"]
+
+
+@torch.no_grad()
+def image_features(net: FeatureNet, images: Tensor, batch_size: int = 1000) -> Tensor:
+    """Features of model-space images as clean-fid would see them: quantised to uint8 first."""
+    out = []
+    for lo in range(0, len(images), batch_size):
+        x = to_uint8(images[lo:lo + batch_size]).float()
+        out.append(net.features(net.prepare(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)))
+    return torch.cat(out)

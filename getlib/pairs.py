@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -131,7 +131,10 @@ def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_
     root = Path(root)
     header = _header(spec, teacher_id, sampler, "seeds")
     if (root / MANIFEST).exists():
-        _check_same(root, read_manifest(root, verify=False, complete=False), header)
+        existing = read_manifest(root, verify=False, complete=False)
+        _check_same(root, existing, header)
+        if existing["complete"]:
+            return existing
     else:  # ranks racing here write the same bytes, each by an atomic rename
         atomic_write_json(root / MANIFEST, {**header, "complete": False, "shards": []})
     done = 0
@@ -140,13 +143,15 @@ def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_
         if k % world_size != rank or path.exists():
             done += path.exists()
             continue
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed mid-write
+            stale.unlink()
         seeds = spec.shard_seeds(k)
         records = np.zeros(len(seeds), dtype=record_dtype(spec.image_shape, spec.image_dtype, False))
         for lo in range(0, len(seeds), spec.batch_size):
             batch = seeds[lo:lo + spec.batch_size]
             latents, labels = latents_for_seeds(batch, spec.image_shape, spec.num_classes)
             images = edm_sampler(denoise, latents.to(device), None if labels is None else labels.to(device),
-                                 **{k_: v for k_, v in sampler.as_dict().items() if k_ != "nfe"})
+                                 **asdict(sampler))
             records["seed"][lo:lo + len(batch)] = np.asarray(batch)
             records["label"][lo:lo + len(batch)] = -1 if labels is None else labels.numpy()
             records["image"][lo:lo + len(batch)] = images.cpu().numpy().astype(spec.image_dtype)

@@ -87,6 +87,11 @@ def test_interrupted_generation_resumes_to_identical_bytes(tmp_path, monkeypatch
     resumed = generate_pairs(toy_teacher(), tmp_path / "resumed", spec(), TEACHER_ID, SAMPLER)
     assert shard_bytes(tmp_path / "full") == shard_bytes(tmp_path / "resumed")
     assert resumed["shards"] == full["shards"]
+    assert all(p.name.endswith(".npy") for p in (tmp_path / "resumed" / "shards").iterdir())  # no stale temporaries
+    # a finished set is returned as is, without regenerating or re-hashing anything
+    monkeypatch.setattr(pairs, "_write_shard", crash_after_two)
+    monkeypatch.setattr(pairs, "file_sha256", lambda path: pytest.fail("re-hashed a finished set"))
+    assert generate_pairs(toy_teacher(), tmp_path / "resumed", spec(), TEACHER_ID, SAMPLER) == resumed
 
 
 def test_ranks_generate_disjoint_shards_of_the_same_set(tmp_path):
@@ -192,3 +197,39 @@ def test_bytes_per_pair_against_the_release(tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
     assert read_manifest(tmp_path, verify="sha256") == manifest
     assert np.load(tmp_path / "shards" / "shard-00000.npy", mmap_mode="r").dtype.names == ("seed", "label", "image")
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    from getlib.data import digits
+    from getlib.teacher import TeacherConfig, train_teacher
+    x, y = digits()
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    train_teacher(x, y, TeacherConfig(channels=(16, 16), emb_dim=32, batch_size=32, max_steps=3), path)
+    return path
+
+
+CLI_ARGS = ["--num-pairs", "12", "--shard-size", "3", "--batch-size", "3", "--image-shape", "1", "8", "8",
+            "--steps", "3", "--device", "cpu"]
+
+
+def test_command_line_generates_a_pair_set(tmp_path, tiny_teacher, capsys):
+    pairs.main(["--teacher", str(tiny_teacher), "--out", str(tmp_path / "pairs"), *CLI_ARGS])
+    assert "12 pairs in 4 shards" in capsys.readouterr().out
+    manifest = read_manifest(tmp_path / "pairs", verify="sha256")
+    assert manifest["teacher"]["kind"] == "embedded" and manifest["sampler"]["nfe"] == 5
+    with pytest.raises(ValueError, match="EDM pickle: give the EDM repository"):
+        pairs.main(["--teacher", str(tmp_path / "edm.pkl"), "--out", str(tmp_path / "x"), *CLI_ARGS])
+
+
+def test_torchrun_ranks_build_the_same_pair_set(tmp_path, tiny_teacher):
+    import os
+    import subprocess
+    import sys
+    pairs.main(["--teacher", str(tiny_teacher), "--out", str(tmp_path / "single"), *CLI_ARGS])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "getlib.pairs", "--teacher", str(tiny_teacher), "--out", str(tmp_path / "ddp"), *CLI_ARGS],
+                   check=True, env=env, capture_output=True, timeout=300)
+    assert shard_bytes(tmp_path / "single") == shard_bytes(tmp_path / "ddp")
+    assert read_manifest(tmp_path / "ddp")["shards"] == read_manifest(tmp_path / "single")["shards"]

@@ -248,10 +248,12 @@ class PairDataset(Dataset):
         shards = self.manifest["shards"]
         if len(shards) < world_size:
             raise ValueError(f"{self.root}: {len(shards)} shards cannot be split over {world_size} ranks")
-        mine = [s for k, s in enumerate(shards) if k % world_size == rank]
+        mine = [k for k in range(len(shards)) if k % world_size == rank]
         per_rank = min(sum(s["count"] for s in shards[r::world_size]) for r in range(world_size))
-        self._files = [self.root / s["file"] for s in mine]
-        self._offsets = np.cumsum([0] + [s["count"] for s in mine])
+        starts = np.cumsum([0] + [s["count"] for s in shards])   # global index of each shard's first pair
+        self._files = [self.root / shards[k]["file"] for k in mine]
+        self._offsets = np.cumsum([0] + [shards[k]["count"] for k in mine])
+        self._global_starts = starts[mine]
         self._length = per_rank
         self._arrays: dict[int, np.ndarray] = {}
 
@@ -263,11 +265,20 @@ class PairDataset(Dataset):
             self._arrays[j] = np.load(self._files[j], mmap_mode="r")
         return self._arrays[j]
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _locate(self, i: int) -> tuple[int, int]:
         if not 0 <= i < self._length:
             raise IndexError(i)
         j = int(np.searchsorted(self._offsets, i, side="right") - 1)
-        rec = self._shard(j)[i - self._offsets[j]]
+        return j, int(i - self._offsets[j])
+
+    def global_index(self, i: int) -> int:
+        """Position of this rank's pair i in the whole set (the same on any number of ranks)."""
+        j, k = self._locate(i)
+        return int(self._global_starts[j]) + k
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        j, k = self._locate(i)
+        rec = self._shard(j)[k]
         image = torch.from_numpy(np.array(rec["image"], dtype=np.float32))
         if self.stored_latents:
             latent = torch.from_numpy(np.array(rec["latent"], dtype=np.float32))

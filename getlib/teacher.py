@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from getlib.edm import EDMPrecond, edm_loss
+from getlib.ema import ema_beta, update_ema
 from getlib.io import atomic_torch_save, first_line
 
-__all__ = ["TeacherConfig", "TinyUNet", "build_teacher", "train_teacher", "load_teacher", "ema_beta"]
+__all__ = ["TeacherConfig", "TinyUNet", "build_teacher", "train_teacher", "load_teacher"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,14 +144,6 @@ class TeacherConfig:
         self.channels = tuple(self.channels)
 
 
-def ema_beta(images_seen: int, batch_size: int, halflife_images: float, rampup_ratio: float | None) -> float:
-    """EDM's EMA decay for one step: the half-life (in images) ramps up with training."""
-    halflife = halflife_images
-    if rampup_ratio is not None:
-        halflife = min(halflife, images_seen * rampup_ratio)
-    return 0.5 ** (batch_size / max(halflife, 1e-8))
-
-
 def build_teacher(cfg: TeacherConfig, img_channels: int, num_classes: int) -> EDMPrecond:
     net = TinyUNet(img_channels, cfg.channels, cfg.emb_dim, num_classes if cfg.cond else 0)
     return EDMPrecond(net.to(memory_format=torch.channels_last))
@@ -184,9 +177,7 @@ def train_teacher(images: Tensor, labels: Tensor | None, cfg: TeacherConfig, out
         opt.step()
         step, seen = step + 1, seen + cfg.batch_size
         beta = ema_beta(seen, cfg.batch_size, cfg.ema_halflife_images, cfg.ema_rampup_ratio)
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1 - beta)
+        update_ema(ema, model, beta)
         loss_avg = loss.item() if step == 1 else 0.98 * loss_avg + 0.02 * loss.item()
         if log and (step % 100 == 0 or step == cfg.max_steps):
             log(dict(step=step, loss=loss_avg, lr=opt.param_groups[0]["lr"], ema_beta=beta,

@@ -4,7 +4,8 @@ import torch
 
 from getlib.data import digits, to_uint8
 from getlib.edm import edm_sampler
-from getlib.teacher import TeacherConfig, ema_beta, load_teacher, train_teacher
+from getlib.ema import ema_beta
+from getlib.teacher import TeacherConfig, load_teacher, train_teacher
 
 TINY = dict(channels=(16, 16), emb_dim=32, batch_size=64, warmup_steps=10)
 

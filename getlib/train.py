@@ -1,0 +1,483 @@
+"""Distillation: train a one-step student (GET or ViT) on teacher noise/image pairs.
+
+The paper's recipe is the default: L1 loss on each of GET's 6 unrolled states with fixed-point
+correction weights 0.8^(n-k-1), AdamW lr 1e-4 (weight decay 0, default betas), no warm-up or
+clipping, EMA 0.9999 per step, batch 128. Every knob is a `TrainConfig` field (and a CLI flag).
+
+Determinism. What a step sees depends on (seed, step) alone: the batch of step s is a slice of a
+per-epoch permutation, and each pair's initial equilibrium state z0 is drawn from a generator seeded
+with (seed, the pair's index in the whole set, epoch). So a run resumed from its checkpoint ends with
+weights bit-identical to an uninterrupted one (on CPU), and DDP over W ranks sees the same pairs
+and z0 as one process would with the same global batch.
+
+    python -m getlib.train --pairs data/pairs --out runs/get-t --model GET-T/2 --max_steps 800000
+    torchrun --nproc_per_node=4 -m getlib.train --pairs ... --out ... --batch_size 128
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from getlib.deq import DEQConfig, fp_correction
+from getlib.ema import ema_beta, update_ema
+from getlib.io import atomic_torch_save, atomic_write, atomic_write_json
+from getlib.models import GET, ViT_models, build_model, count_params
+from getlib.pairs import PairDataset
+
+__all__ = ["TrainConfig", "train", "load_student", "TrainingDiverged", "main"]
+
+LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+# Settings a resumed run may change; any other difference from the checkpoint is refused.
+RESUMABLE_CHANGES = {"max_steps", "time_budget_s", "log_every", "ckpt_every", "sample_every", "num_samples",
+                     "num_workers", "device", "progress"}
+
+
+@dataclass
+class TrainConfig:
+    """One distillation run. Defaults: the paper's unconditional CIFAR-10 recipe."""
+    pairs: str = ""                       # pair set folder (getlib.pairs)
+    out: str = ""                         # run folder: checkpoints/, metrics.csv, samples/, run.json
+    model: str = "GET-T/2"                # a name from GET_models or ViT_models
+    cond: bool = False                    # class-conditional student (needs class-conditional pairs)
+    deq: dict = field(default_factory=dict)   # DEQConfig overrides, e.g. {f_max_iter: 5, grad_steps: 1}
+    loss: str = "l1"                      # 'l1' | 'l2', per supervised state
+    gamma: float = 0.8                    # fixed-point correction: weights gamma^(n-k-1)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0                 # linear learning-rate warm-up
+    grad_clip: float | None = None        # max gradient norm
+    ema_decay: float = 0.9999             # per-step EMA decay (the paper's) ...
+    ema_halflife_images: float | None = None   # ... or a half-life in images (overrides ema_decay)
+    ema_rampup_ratio: float | None = None      # with the half-life: EDM's ramp-up for short runs
+    batch_size: int = 128                 # global, over all ranks
+    max_steps: int = 800_000
+    time_budget_s: float | None = None    # also stop after this much wall-clock time (not reproducible)
+    seed: int = 0
+    log_every: int = 100
+    ckpt_every: int = 10_000
+    sample_every: int = 10_000            # EMA sample grid and solver residuals
+    num_samples: int = 64
+    num_workers: int = 0
+    device: str = "auto"                  # 'auto' | 'cpu' | 'cuda'
+    amp: bool = True                      # bf16 autocast on CUDA (CPU runs in float32)
+    compile: bool = False                 # torch.compile the student (CUDA)
+    explode_factor: float = 20.0          # stop when the loss exceeds this x its recent median
+    progress: bool = True
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        for f in dataclasses.fields(self):
+            value, kinds = getattr(self, f.name), _TYPES[f.type]
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"training setting {f.name} must be {f.type}, got {value!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "sample_every"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        DEQConfig.from_dict(self.deq)  # names an unknown or bad DEQ setting now
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+_TYPES = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float), "float | None": (int, float, type(None)),
+          "dict": (dict,), "tuple[float, float]": (tuple,)}
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: a deterministic schedule of (pair, epoch) items, and z0 per pair and epoch
+# ------------------------------------------------------------------------------------------------
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix-style), for per-item generators."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    return h >> 1
+
+
+class StepBatches(Sampler):
+    """Batches of (local index, epoch): step s takes slice s % steps_per_epoch of epoch
+    s // steps_per_epoch's permutation (seeded by seed, rank, epoch); starts at `start_step`."""
+
+    def __init__(self, n: int, batch: int, seed: int, rank: int, start_step: int, max_steps: int):
+        if n < batch:
+            raise ValueError(f"this rank holds {n} pairs, fewer than its batch of {batch}")
+        self.n, self.batch, self.seed, self.rank = n, batch, seed, rank
+        self.start, self.stop = start_step, max_steps
+        self.steps_per_epoch = n // batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, perm = -1, None
+        for step in range(self.start, self.stop):
+            e, j = divmod(step, self.steps_per_epoch)
+            if e != epoch:
+                g = torch.Generator().manual_seed(_mix(self.seed, self.rank, e))
+                epoch, perm = e, torch.randperm(self.n, generator=g).tolist()
+            yield [(i, e) for i in perm[j * self.batch:(j + 1) * self.batch]]
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+
+class TrainingItems(Dataset):
+    """(latent, image, label, z0) for (local index, epoch); z0 is empty for models without one."""
+
+    def __init__(self, pairs: PairDataset, z0_shape: tuple[int, ...] | None, seed: int):
+        self.pairs, self.z0_shape, self.seed = pairs, z0_shape, seed
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        i, epoch = item
+        latent, image, label = self.pairs[i]
+        if self.z0_shape is None:
+            return latent, image, label, torch.empty(0)
+        g = torch.Generator().manual_seed(_mix(self.seed, self.pairs.global_index(i), epoch, 1))
+        return latent, image, label, torch.randn(self.z0_shape, generator=g)
+
+
+# ------------------------------------------------------------------------------------------------
+# Set-up
+# ------------------------------------------------------------------------------------------------
+
+def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but CUDA is not available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _build(cfg: TrainConfig, pairs: PairDataset) -> nn.Module:
+    """The student for this pair set's data shape, with the run's DEQ recipe."""
+    c, h, w = pairs.image_shape
+    if h != w:
+        raise ValueError(f"pairs: images must be square, got {h}x{w}")
+    if cfg.cond and pairs.num_classes is None:
+        raise ValueError(f"cond=True needs class-conditional pairs, but {cfg.pairs} is unconditional")
+    kwargs = dict(input_size=h, in_channels=c, cond=cfg.cond, num_classes=pairs.num_classes or 10)
+    if cfg.model in ViT_models:
+        if cfg.deq:
+            raise ValueError(f"deq settings apply to GET models, not to model={cfg.model!r}")
+        return build_model(cfg.model, **kwargs)
+    return build_model(cfg.model, deq=cfg.deq, **kwargs)  # names an unknown model
+
+
+def _checkpoint_path(out: Path) -> Path:
+    return out / "checkpoints" / "latest.pt"
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    now = dataclasses.asdict(cfg)
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
+             if k not in RESUMABLE_CHANGES and _jsonable(saved.get(k)) != _jsonable(now[k])]
+    if diffs:
+        raise ValueError(f"{path} was trained with other settings ({'; '.join(diffs)}); "
+                         f"use another out folder or delete it to start over")
+
+
+def _jsonable(v: object) -> object:
+    return json.loads(json.dumps(v))
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) a distillation run; returns its summary (also written to out/run.json)."""
+    if not cfg.pairs or not cfg.out:
+        raise ValueError("pairs and out must be set (the pair set folder and the run folder)")
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
+    out = Path(cfg.out)
+    if not Path(cfg.pairs).exists():
+        raise FileNotFoundError(f"pairs: no pair set at {cfg.pairs}: generate the pairs first")
+    pairs = PairDataset(cfg.pairs, rank=rank, world_size=world)  # names a broken pair set
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    model = _build(cfg, pairs)
+    device = _device(cfg, local_rank)
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(cfg, pairs, model, device, rank, world, distributed, out)
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, device: torch.device, rank: int,
+           world: int, distributed: bool, out: Path) -> dict:
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = model.to(device).train()
+    ema = build_model(cfg.model, **_model_kwargs(model)).to(device).eval().requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")
+    step, images_seen, wall_before = 0, 0, 0.0
+    ckpt_path = _checkpoint_path(out)
+    if ckpt_path.exists():
+        saved = torch.load(ckpt_path, map_location=device, weights_only=True)
+        _check_resumable(saved["config"], cfg, ckpt_path)
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        opt.load_state_dict(saved["opt"])
+        step, images_seen, wall_before = saved["step"], saved["images_seen"], saved["seconds"]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(out / "metrics.csv", step)
+
+    net = model
+    if cfg.compile:
+        net = torch.compile(net)
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    local_batch = cfg.batch_size // world
+    z0_shape = (model.grid ** 2, model.hidden_size) if isinstance(model, GET) else None
+    loader = DataLoader(TrainingItems(pairs, z0_shape, cfg.seed),
+                        batch_sampler=StepBatches(len(pairs), local_batch, cfg.seed, rank, step, cfg.max_steps),
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.num_workers > 0)
+    loss_fn = LOSSES[cfg.loss]
+    amp = cfg.amp and device.type == "cuda"
+    recent: list[float] = []
+    start = time.perf_counter()
+    log_t, log_images = start, 0
+    bar = _progress(cfg, rank, step)
+    metrics_file = open(out / "metrics.csv", "a", newline="") if rank == 0 else None
+    writer = None
+    stopped_by = "max_steps"
+    for latent, image, label, z0 in loader:
+        latent, image = latent.to(device, non_blocking=True), image.to(device, non_blocking=True)
+        label = label.to(device) if cfg.cond else None
+        kw = {"z0": z0.to(device, non_blocking=True)} if z0_shape else {}
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            preds = net(latent, label, **kw)
+            loss, per_state = fp_correction(lambda p, t: loss_fn(p.float(), t), preds, image, cfg.gamma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+                     if cfg.grad_clip else float("nan"))
+        value = loss.detach()
+        if distributed:
+            dist.all_reduce(value)
+            value /= world
+        value = value.item()
+        _check_divergence(value, recent, step + 1, cfg, ckpt_path)
+        opt.step()
+        step += 1
+        images_seen += cfg.batch_size
+        beta = (ema_beta(images_seen, cfg.batch_size, cfg.ema_halflife_images, cfg.ema_rampup_ratio)
+                if cfg.ema_halflife_images else cfg.ema_decay)
+        update_ema(ema, model, beta)
+        log_images += cfg.batch_size
+        elapsed = wall_before + time.perf_counter() - start
+        out_of_time = cfg.time_budget_s is not None and elapsed > cfg.time_budget_s
+        if distributed and cfg.time_budget_s is not None:  # every rank stops at the same step
+            flag = torch.tensor(float(out_of_time), device=device)
+            dist.all_reduce(flag)
+            out_of_time = flag.item() > 0
+        last = step == cfg.max_steps or out_of_time
+        if rank == 0:
+            if step % cfg.log_every == 0 or last:
+                now = time.perf_counter()
+                row = {"step": step, "loss": value, **{f"loss_state{k + 1}": float(l) for k, l in enumerate(per_state)},
+                       "lr": lr, "ema_beta": beta, "grad_norm": grad_norm,
+                       "images_per_s": log_images / max(now - log_t, 1e-9), "seconds": elapsed}
+                log_t, log_images = now, 0
+                if writer is None:
+                    writer = csv.DictWriter(metrics_file, fieldnames=list(row))
+                    if metrics_file.tell() == 0:
+                        writer.writeheader()
+                writer.writerow(row)
+                metrics_file.flush()
+            if step % cfg.sample_every == 0 or last:
+                _sample_report(ema, cfg, pairs, device, out, step)
+            if step % cfg.ckpt_every == 0 or last:
+                atomic_torch_save({"step": step, "images_seen": images_seen, "seconds": elapsed,
+                                   "config": dataclasses.asdict(cfg), "model": model.state_dict(),
+                                   "ema": ema.state_dict(), "opt": opt.state_dict()}, ckpt_path)
+        if bar is not None:
+            bar.update(1)
+            rate = (step - bar.initial) * cfg.batch_size / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}", refresh=False)
+        if out_of_time:
+            stopped_by = "time_budget_s"
+            break
+    if bar is not None:
+        bar.close()
+    if metrics_file is not None:
+        metrics_file.close()
+    seconds = wall_before + time.perf_counter() - start
+    summary = {"model": cfg.model, "params": count_params(model), "cond": cfg.cond, "steps": step,
+               "images_seen": images_seen, "seconds": seconds, "stopped_by": stopped_by, "world_size": world,
+               "device": str(device), "recipe": _recipe(model, cfg), "config": dataclasses.asdict(cfg)}
+    if rank == 0:
+        atomic_torch_save({"model_name": cfg.model, "model_kwargs": _model_kwargs(model),
+                           "ema": ema.state_dict(), "summary": summary}, out / "student.pt")
+        atomic_write_json(out / "run.json", _jsonable(summary))
+    return summary
+
+
+def _progress(cfg: TrainConfig, rank: int, step: int):
+    if not cfg.progress or rank != 0:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=cfg.max_steps, initial=step, desc=cfg.model, unit="step", dynamic_ncols=True)
+
+
+def _model_kwargs(model: nn.Module) -> dict:
+    kw = dict(input_size=model.input_size, in_channels=model.in_channels, cond=model.cond,
+              num_classes=model.num_classes)
+    if isinstance(model, GET):
+        kw["deq"] = dataclasses.asdict(model.deq_cfg)
+    return kw
+
+
+def _recipe(model: nn.Module, cfg: TrainConfig) -> dict:
+    """Which gradient recipe the run used (recorded with its results)."""
+    if not isinstance(model, GET):
+        return {"kind": "single output", "loss": cfg.loss}
+    d = model.deq_cfg
+    return {"kind": "DEQ", "loss": cfg.loss, "gamma": cfg.gamma, "no_grad_iterations": d.f_max_iter,
+            "grad": d.grad, "grad_steps": d.grad_steps, "tau": d.tau, "sup_gap": d.sup_gap,
+            "memory_efficient": d.memory_efficient}
+
+
+def _check_divergence(value: float, recent: list[float], step: int, cfg: TrainConfig, ckpt: Path) -> None:
+    exploded = len(recent) >= 20 and value > cfg.explode_factor * float(np.median(recent))
+    if not math.isfinite(value) or exploded:
+        where = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+        raise TrainingDiverged(f"loss {'became ' + str(value) if not math.isfinite(value) else f'exploded to {value:.4g}'} "
+                               f"at step {step}; {where}. Lower lr, add warmup_steps or grad_clip.")
+    recent.append(value)
+    del recent[:-100]
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop logged rows past the checkpoint's step (they will be logged again)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(r for r in rows if int(r["step"]) <= step)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+@torch.no_grad()
+def _sample_report(ema: nn.Module, cfg: TrainConfig, pairs: PairDataset, device: torch.device, out: Path,
+                   step: int) -> None:
+    """EMA samples for fixed seeds -> samples/step-XXXXXXX.png; GET's residuals -> samples.csv."""
+    from getlib.edm import latents_for_seeds
+    from getlib.figures import save_grid
+
+    n = cfg.num_samples
+    latents, labels = latents_for_seeds(range(n), pairs.image_shape, pairs.num_classes if cfg.cond else None)
+    kw = {}
+    if isinstance(ema, GET):
+        kw = dict(generator=torch.Generator().manual_seed(cfg.seed), return_stats=True)
+    result = ema(latents.to(device), None if labels is None else labels.to(device), **kw)
+    images, stats = result if isinstance(ema, GET) else (result, None)
+    save_grid(images.float().cpu(), out / "samples" / f"step-{step:07d}.png")
+    row = {"step": step, "abs_residual": float("nan"), "rel_residual": float("nan"), "iterations": 0}
+    if stats is not None:
+        row.update(abs_residual=stats.abs_lowest.mean().item(), rel_residual=stats.rel_lowest.mean().item(),
+                   iterations=stats.n_iter)
+    path = out / "samples.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def load_student(path: str | Path) -> nn.Module:
+    """The EMA student saved at the end of a run (out/student.pt), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no student at {path}: run the distillation first")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(blob["model_name"], **blob["model_kwargs"])
+    model.load_state_dict(blob["ema"])
+    return model.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m getlib.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        ap.add_argument(f"--{f.name}", type=yaml.safe_load, default=argparse.SUPPRESS,
+                        help=f"(default: {getattr(defaults, f.name)!r})")
+    args = vars(ap.parse_args(argv))
+    settings = yaml.safe_load(open(args.pop("config"))) if args.get("config") else {}
+    args.pop("config", None)
+    settings = {**(settings or {}), **args}
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for key, value in settings.items():
+        if types.get(key) == "str":            # paths and names stay strings whatever YAML makes of them
+            settings[key] = str(value)
+        elif "float" in types.get(key, "") and isinstance(value, str):
+            try:                               # YAML 1.1 reads 2e-3 as a string
+                settings[key] = float(value)
+            except ValueError:
+                pass                           # TrainConfig names the bad value
+    return train(TrainConfig.from_dict(settings))
+
+
+if __name__ == "__main__":
+    main()

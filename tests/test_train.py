@@ -1,0 +1,169 @@
+"""The distillation loop: it learns, resumes bit for bit, matches across DDP ranks, refuses bad settings."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from getlib.data import digits
+from getlib.pairs import PairSpec, generate_pairs
+from getlib.train import TrainConfig, TrainingDiverged, load_student, main, train
+
+
+@pytest.fixture(scope="module")
+def pair_sets(tmp_path_factory):
+    """Small digit-shaped pair sets from real digits, (unconditional, class-conditional)."""
+    root = tmp_path_factory.mktemp("pairs")
+    x, _ = digits()
+    # targets: real digits picked by seed, so that the pairs are learnable but not trivial
+    def digit_teacher(xt, sigma, labels):
+        idx = (xt.flatten(1)[:, :4].abs().sum(1) * 1000).long() % len(x)
+        return x[idx].to(xt.dtype) if float(sigma) < 1 else xt * 0
+    sets = {}
+    for name, classes in (("uncond", None), ("cond", 10)):
+        spec = PairSpec(num_pairs=64, image_shape=(1, 8, 8), num_classes=classes, shard_size=16, batch_size=16)
+        generate_pairs(digit_teacher, root / name, spec, {"kind": "test"}, _sampler())
+        sets[name] = root / name
+    return sets
+
+
+def _sampler():
+    from getlib.edm import SamplerConfig
+    return SamplerConfig(num_steps=2)
+
+
+def cfg(pairs, out, **kw):
+    base = dict(pairs=str(pairs), out=str(out), model="GET-P/2", batch_size=16, max_steps=8, lr=2e-3,
+                log_every=1, ckpt_every=4, sample_every=8, num_samples=4, progress=False,
+                ema_halflife_images=200, ema_rampup_ratio=0.5, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def losses(out):
+    with open(out / "metrics.csv") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("model", ["GET-P/2", "ViT-P/2"])
+@pytest.mark.parametrize("cond", [False, True])
+def test_a_few_steps_reduce_the_loss(pair_sets, tmp_path, model, cond):
+    summary = train(cfg(pair_sets["cond" if cond else "uncond"], tmp_path, model=model, cond=cond, max_steps=30,
+                        deq={"f_max_iter": 3, "grad_steps": 2} if model.startswith("GET") else {}))
+    curve = losses(tmp_path)
+    assert len(curve) == 30 and sum(curve[-5:]) < 0.85 * sum(curve[:5])
+    assert summary["steps"] == 30 and summary["recipe"]["kind"] == ("DEQ" if model.startswith("GET") else "single output")
+    student = load_student(tmp_path / "student.pt")
+    assert student.cond == cond and (tmp_path / "samples" / "step-0000030.png").exists()
+    with open(tmp_path / "metrics.csv") as f:
+        row = next(csv.DictReader(f))
+    if model.startswith("GET"):  # 2 supervised states: the no-grad solve plus a 2-step phantom gradient
+        assert {"loss_state1", "loss_state2"} <= set(row) and "loss_state3" not in row
+
+
+def test_the_paper_recipe_supervises_six_states(pair_sets, tmp_path):
+    summary = train(cfg(pair_sets["uncond"], tmp_path, max_steps=2))
+    assert summary["recipe"] == {"kind": "DEQ", "loss": "l1", "gamma": 0.8, "no_grad_iterations": 0,
+                                 "grad": "phantom", "grad_steps": 6, "tau": 1.0, "sup_gap": 1,
+                                 "memory_efficient": False}
+    with open(tmp_path / "metrics.csv") as f:
+        assert "loss_state6" in next(csv.DictReader(f))
+
+
+def weights(path):
+    blob = torch.load(path, weights_only=True)
+    return {**{f"model.{k}": v for k, v in blob["model"].items()}, **{f"ema.{k}": v for k, v in blob["ema"].items()}}
+
+
+def test_kill_and_resume_equals_uninterrupted_bit_for_bit(pair_sets, tmp_path, monkeypatch):
+    # 64 pairs, batch 16: 4 steps per epoch, so 10 steps cross two epoch boundaries
+    train(cfg(pair_sets["uncond"], tmp_path / "straight", max_steps=10))
+    import getlib.train as gt
+    real = gt._check_divergence
+    calls = []
+
+    def killed_at_step_7(value, recent, step, *a):
+        calls.append(step)
+        if step == 7:
+            raise KeyboardInterrupt  # after the step-4 checkpoint, before the step-8 one
+        return real(value, recent, step, *a)
+
+    monkeypatch.setattr(gt, "_check_divergence", killed_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(pair_sets["uncond"], tmp_path / "resumed", max_steps=10))
+    monkeypatch.setattr(gt, "_check_divergence", real)
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "latest.pt", weights_only=True)["step"] == 4
+    train(cfg(pair_sets["uncond"], tmp_path / "resumed", max_steps=10))
+    a = weights(tmp_path / "straight" / "checkpoints" / "latest.pt")
+    b = weights(tmp_path / "resumed" / "checkpoints" / "latest.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(tmp_path / "straight") == losses(tmp_path / "resumed")  # no duplicated or missing rows
+
+
+def test_two_process_ddp_matches_one_process(pair_sets, tmp_path):
+    """Same global batch: every step sees all 64 pairs, split 32 + 32 over two gloo ranks."""
+    common = ["--pairs", str(pair_sets["uncond"]), "--model", "GET-P/2", "--batch_size", "64", "--max_steps", "3",
+              "--lr", "2e-3", "--progress", "false", "--ckpt_every", "3", "--sample_every", "3", "--num_samples", "4",
+              "--deq", "{f_max_iter: 2, grad_steps: 2}"]
+    main([*common, "--out", str(tmp_path / "one")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "getlib.train", *common, "--out", str(tmp_path / "two")],
+                   check=True, env=env, capture_output=True, timeout=600)
+    a = weights(tmp_path / "one" / "checkpoints" / "latest.pt")
+    b = weights(tmp_path / "two" / "checkpoints" / "latest.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    for x, y in zip(losses(tmp_path / "one"), losses(tmp_path / "two")):
+        assert x == pytest.approx(y, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (dict(model="GET-Z/2"), ValueError, "unknown model 'GET-Z/2'"),
+    (dict(batch_size=16, max_steps=1), None, None),  # the good case, for contrast
+    (dict(loss="huber"), ValueError, "loss must be one of"),
+    (dict(lr="fast"), ValueError, "training setting lr must be float, got 'fast'"),
+    (dict(deq={"grad_stepz": 2}), ValueError, r"unknown DEQ setting\(s\) \['grad_stepz'\]"),
+    (dict(model="ViT-P/2", deq={"grad_steps": 2}), ValueError, "deq settings apply to GET models"),
+    (dict(cond=True), ValueError, "cond=True needs class-conditional pairs"),
+])
+def test_bad_settings_fail_before_training(pair_sets, tmp_path, bad, error, match):
+    if error is None:
+        train(cfg(pair_sets["uncond"], tmp_path, **bad))
+        return
+    with pytest.raises(error, match=match):
+        train(cfg(pair_sets["uncond"], tmp_path, **bad))
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_missing_pairs_and_world_size_are_named(tmp_path, pair_sets, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="pairs: no pair set at"):
+        train(cfg(tmp_path / "nowhere", tmp_path / "run"))
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match="batch_size 16 is not divisible by the world size 3"):
+        train(cfg(pair_sets["uncond"], tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"unknown training setting\(s\) \['learning_rate'\]"):
+        TrainConfig.from_dict({"learning_rate": 1.0})
+
+
+def test_resume_with_other_settings_is_refused(pair_sets, tmp_path):
+    train(cfg(pair_sets["uncond"], tmp_path, max_steps=4))
+    train(cfg(pair_sets["uncond"], tmp_path, max_steps=6))  # longer: allowed
+    with pytest.raises(ValueError, match="lr: checkpoint 0.002, now 0.001"):
+        train(cfg(pair_sets["uncond"], tmp_path, max_steps=8, lr=1e-3))
+
+
+def test_exploding_loss_stops_with_the_last_good_checkpoint(pair_sets, tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"at step \d+; the last good checkpoint is .*latest.pt"):
+        train(cfg(pair_sets["uncond"], tmp_path, max_steps=200, lr=1e6, ckpt_every=2, explode_factor=3.0))
+    saved = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_cli_help_documents_every_setting(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for name in ("--pairs", "--out", "--model", "--deq", "--ema_halflife_images", "--time_budget_s", "torchrun"):
+        assert name in text

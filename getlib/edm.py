@@ -194,7 +194,7 @@ def load_edm_checkpoint(pkl_path: str | Path, edm_repo: str | Path) -> nn.Module
     try:
         with open(pkl_path, "rb") as f:
             data = pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ModuleNotFoundError, ImportError) as e:
+    except Exception as e:  # whatever unpickling a wrong or damaged file raises
         raise ValueError(f"{pkl_path}: not a readable EDM network pickle ({type(e).__name__}: {e})") from e
     net = data.get("ema") if isinstance(data, dict) else None
     if not isinstance(net, nn.Module):

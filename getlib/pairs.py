@@ -124,19 +124,17 @@ def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_
 
     `denoise(x, sigma, class_labels)` is the teacher; `teacher_id` identifies it in the manifest
     (e.g. its checkpoint's sha256). Rank r of `world_size` generates shards k with k % world_size
-    == r; a rank that finds every shard present checksums them and writes the final manifest, and
-    returns it (others return None: under torchrun, synchronise, then let rank 0 call again).
+    == r. Rank 0 writes the first manifest (under torchrun, let it run `start_pairs` and synchronise
+    before the others start) and, once every shard is present, checksums them and writes the final
+    manifest, which it returns; other ranks return None (synchronise, then call rank 0 again).
     Existing shards are kept; a pair set made with other settings is refused.
     """
     root = Path(root)
     header = _header(spec, teacher_id, sampler, "seeds")
-    if (root / MANIFEST).exists():
-        existing = read_manifest(root, verify=False, complete=False)
-        _check_same(root, existing, header)
-        if existing["complete"]:
-            return existing
-    else:  # ranks racing here write the same bytes, each by an atomic rename
-        atomic_write_json(root / MANIFEST, {**header, "complete": False, "shards": []})
+    existing = start_pairs(root, header) if rank == 0 else read_manifest(root, verify=False, complete=False)
+    _check_same(root, existing, header)
+    if existing["complete"]:
+        return existing if rank == 0 else None
     done = 0
     for k in range(spec.num_shards):
         path = root / shard_name(k)
@@ -159,9 +157,16 @@ def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_
         done += 1
         if progress:
             progress(done, spec.num_shards)
-    if all((root / shard_name(k)).exists() for k in range(spec.num_shards)):
+    if rank == 0 and all((root / shard_name(k)).exists() for k in range(spec.num_shards)):
         return _finalise(root, header, spec)
     return None
+
+
+def start_pairs(root: Path, header: dict) -> dict:
+    """The manifest of the pair set in `root`, first written (incomplete) if there is none."""
+    if not (root / MANIFEST).exists():
+        atomic_write_json(root / MANIFEST, {**header, "complete": False, "shards": []})
+    return read_manifest(root, verify=False, complete=False)
 
 
 def _finalise(root: Path, header: dict, spec: PairSpec) -> dict:
@@ -308,6 +313,8 @@ def import_released_pairs(src: str | Path, root: str | Path, num_classes: int | 
     Returns the manifest.
     """
     src, root = Path(src), Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root}: not empty; import the released pairs into a new folder")
     lat_files, img_files = _released_files(src / "latent"), _released_files(src / "image")
     if not lat_files or [p.name for p in lat_files] != [p.name for p in img_files]:
         raise ValueError(f"{src}: latent/ and image/ must hold the same, non-empty list of files")
@@ -407,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
 
-    distributed = "WORLD_SIZE" in os.environ
+    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
     rank, world = 0, 1
     device = torch.device(args.device)
     if distributed:
@@ -423,6 +430,10 @@ def main(argv: list[str] | None = None) -> None:
                     batch_size=args.batch_size)
     sampler = SamplerConfig(num_steps=args.steps, solver=args.solver)
     report = (lambda done, total: print(f"rank {rank}: shard {done}/{total}", flush=True)) if rank == 0 else None
+    if rank == 0:
+        start_pairs(Path(args.out), _header(spec, teacher_id, sampler, "seeds"))
+    if distributed:
+        dist.barrier()  # the manifest exists before the other ranks check it
     manifest = generate_pairs(denoise, args.out, spec, teacher_id, sampler, device, rank, world, report)
     if distributed:
         dist.barrier()

@@ -175,9 +175,9 @@ def train_teacher(images: Tensor, labels: Tensor | None, cfg: TeacherConfig, out
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step, seen = step + 1, seen + cfg.batch_size
-        beta = ema_beta(seen, cfg.batch_size, cfg.ema_halflife_images, cfg.ema_rampup_ratio)
+        beta = ema_beta(seen, cfg.batch_size, cfg.ema_halflife_images, cfg.ema_rampup_ratio)  # as EDM: before counting
         update_ema(ema, model, beta)
+        step, seen = step + 1, seen + cfg.batch_size
         loss_avg = loss.item() if step == 1 else 0.98 * loss_avg + 0.02 * loss.item()
         if log and (step % 100 == 0 or step == cfg.max_steps):
             log(dict(step=step, loss=loss_avg, lr=opt.param_groups[0]["lr"], ema_beta=beta,

@@ -4,11 +4,12 @@ The paper's recipe is the default: L1 loss on each of GET's 6 unrolled states wi
 correction weights 0.8^(n-k-1), AdamW lr 1e-4 (weight decay 0, default betas), no warm-up or
 clipping, EMA 0.9999 per step, batch 128. Every knob is a `TrainConfig` field (and a CLI flag).
 
-Determinism. What a step sees depends on (seed, step) alone: the batch of step s is a slice of a
-per-epoch permutation, and each pair's initial equilibrium state z0 is drawn from a generator seeded
-with (seed, the pair's index in the whole set, epoch). So a run resumed from its checkpoint ends with
-weights bit-identical to an uninterrupted one (on CPU), and DDP over W ranks sees the same pairs
-and z0 as one process would with the same global batch.
+Determinism. What a step sees depends on (seed, step, world size) alone: each rank's batch of step
+s is a slice of a per-epoch permutation of its own shards, and each pair's initial equilibrium state
+z0 is drawn from a generator seeded with (seed, the pair's index in the whole set, epoch). So a run
+resumed from its checkpoint ends with weights bit-identical to an uninterrupted one (on CPU); a pair's
+z0 does not depend on which rank or batch it lands in, so W ranks and one process given the same
+global batch compute the same step. Resuming with another world size is refused (it changes the order).
 
     python -m getlib.train --pairs data/pairs --out runs/get-t --model GET-T/2 --max_steps 800000
     torchrun --nproc_per_node=4 -m getlib.train --pairs ... --out ... --batch_size 128
@@ -46,7 +47,7 @@ __all__ = ["TrainConfig", "train", "load_student", "TrainingDiverged", "main"]
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 # Settings a resumed run may change; any other difference from the checkpoint is refused.
 RESUMABLE_CHANGES = {"max_steps", "time_budget_s", "log_every", "ckpt_every", "sample_every", "num_samples",
-                     "num_workers", "device", "progress"}
+                     "num_workers", "device", "progress", "out"}
 
 
 @dataclass
@@ -157,9 +158,6 @@ class TrainingItems(Dataset):
     def __init__(self, pairs: PairDataset, z0_shape: tuple[int, ...] | None, seed: int):
         self.pairs, self.z0_shape, self.seed = pairs, z0_shape, seed
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
     def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         i, epoch = item
         latent, image, label = self.pairs[i]
@@ -200,8 +198,8 @@ def _checkpoint_path(out: Path) -> Path:
     return out / "checkpoints" / "latest.pt"
 
 
-def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    now = dataclasses.asdict(cfg)
+def _check_resumable(saved: dict, cfg: TrainConfig, world: int, path: Path) -> None:
+    now = {**dataclasses.asdict(cfg), "pairs": str(Path(cfg.pairs).resolve()), "world_size": world}
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
              if k not in RESUMABLE_CHANGES and _jsonable(saved.get(k)) != _jsonable(now[k])]
     if diffs:
@@ -234,17 +232,21 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = _build(cfg, pairs)
     device = _device(cfg, local_rank)
+    saved = None
+    if _checkpoint_path(out).exists():  # resume: refuse other settings before anything starts
+        saved = torch.load(_checkpoint_path(out), map_location="cpu", weights_only=True)
+        _check_resumable(saved["config"], cfg, world, _checkpoint_path(out))
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(cfg, pairs, model, device, rank, world, distributed, out)
+        return _train(cfg, pairs, model, saved, device, rank, world, distributed, out)
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, device: torch.device, rank: int,
-           world: int, distributed: bool, out: Path) -> dict:
+def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict | None, device: torch.device,
+           rank: int, world: int, distributed: bool, out: Path) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -256,16 +258,18 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, device: torch
                             fused=device.type == "cuda")
     step, images_seen, wall_before = 0, 0, 0.0
     ckpt_path = _checkpoint_path(out)
-    if ckpt_path.exists():
-        saved = torch.load(ckpt_path, map_location=device, weights_only=True)
-        _check_resumable(saved["config"], cfg, ckpt_path)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         opt.load_state_dict(saved["opt"])
         step, images_seen, wall_before = saved["step"], saved["images_seen"], saved["seconds"]
+        recent = list(saved["recent_losses"])
+    else:
+        recent = []
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _trim_metrics(out / "metrics.csv", step)
+        for log in ("metrics.csv", "samples.csv"):
+            _trim_log(out / log, step)
 
     net = model
     if cfg.compile:
@@ -280,7 +284,6 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, device: torch
                         persistent_workers=cfg.num_workers > 0)
     loss_fn = LOSSES[cfg.loss]
     amp = cfg.amp and device.type == "cuda"
-    recent: list[float] = []
     start = time.perf_counter()
     log_t, log_images = start, 0
     bar = _progress(cfg, rank, step)
@@ -308,11 +311,11 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, device: torch
         value = value.item()
         _check_divergence(value, recent, step + 1, cfg, ckpt_path)
         opt.step()
+        beta = (ema_beta(images_seen, cfg.batch_size, cfg.ema_halflife_images, cfg.ema_rampup_ratio)
+                if cfg.ema_halflife_images else cfg.ema_decay)   # EDM: from the images seen before this step
+        update_ema(ema, model, beta)
         step += 1
         images_seen += cfg.batch_size
-        beta = (ema_beta(images_seen, cfg.batch_size, cfg.ema_halflife_images, cfg.ema_rampup_ratio)
-                if cfg.ema_halflife_images else cfg.ema_decay)
-        update_ema(ema, model, beta)
         log_images += cfg.batch_size
         elapsed = wall_before + time.perf_counter() - start
         out_of_time = cfg.time_budget_s is not None and elapsed > cfg.time_budget_s
@@ -337,8 +340,9 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, device: torch
             if step % cfg.sample_every == 0 or last:
                 _sample_report(ema, cfg, pairs, device, out, step)
             if step % cfg.ckpt_every == 0 or last:
-                atomic_torch_save({"step": step, "images_seen": images_seen, "seconds": elapsed,
-                                   "config": dataclasses.asdict(cfg), "model": model.state_dict(),
+                config = {**dataclasses.asdict(cfg), "pairs": str(Path(cfg.pairs).resolve()), "world_size": world}
+                atomic_torch_save({"step": step, "images_seen": images_seen, "seconds": elapsed, "config": config,
+                                   "recent_losses": list(recent), "model": model.state_dict(),
                                    "ema": ema.state_dict(), "opt": opt.state_dict()}, ckpt_path)
         if bar is not None:
             bar.update(1)
@@ -397,7 +401,7 @@ def _check_divergence(value: float, recent: list[float], step: int, cfg: TrainCo
     del recent[:-100]
 
 
-def _trim_metrics(path: Path, step: int) -> None:
+def _trim_log(path: Path, step: int) -> None:
     """On resume, drop logged rows past the checkpoint's step (they will be logged again)."""
     if not path.exists():
         return

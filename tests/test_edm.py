@@ -54,6 +54,12 @@ def test_loss_by_hand():
     sigma = (torch.randn(3, 1, 1, 1, generator=torch.Generator().manual_seed(0)) * 1.2 - 1.2).exp()
     weight = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
     torch.testing.assert_close(loss, weight * 0.25 * torch.ones_like(y))
+    # an identity denoiser leaves exactly the noise: loss = weight * (sigma n)^2 with n ~ N(0, 1)
+    g, ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    loss = edm_loss(lambda x, s, c: x, y, generator=g)
+    s1 = (torch.randn(3, 1, 1, 1, generator=ref) * 1.2 - 1.2).exp()
+    n = torch.randn(y.shape, generator=ref)
+    torch.testing.assert_close(loss, (s1 ** 2 + 0.25) / (s1 * 0.5) ** 2 * (n * s1) ** 2)
     # the noise reaches the denoiser at that sigma
     seen = {}
     edm_loss(lambda x, s, c: (seen.setdefault("s", s), x)[1], y, generator=torch.Generator().manual_seed(0))

@@ -96,6 +96,9 @@ def test_interrupted_generation_resumes_to_identical_bytes(tmp_path, monkeypatch
 
 def test_ranks_generate_disjoint_shards_of_the_same_set(tmp_path):
     full = generate_pairs(toy_teacher(), tmp_path / "one", spec(), TEACHER_ID, SAMPLER)
+    with pytest.raises(FileNotFoundError, match="no pair set"):  # rank 0 starts the set
+        generate_pairs(toy_teacher(), tmp_path / "two", spec(), TEACHER_ID, SAMPLER, rank=1, world_size=2)
+    pairs.start_pairs(tmp_path / "two", pairs._header(spec(), TEACHER_ID, SAMPLER, "seeds"))
     assert generate_pairs(toy_teacher(), tmp_path / "two", spec(), TEACHER_ID, SAMPLER, rank=1, world_size=2) is None
     assert sorted(shard_bytes(tmp_path / "two")) == ["shard-00001.npy"]
     two = generate_pairs(toy_teacher(), tmp_path / "two", spec(), TEACHER_ID, SAMPLER, rank=0, world_size=2)
@@ -178,6 +181,14 @@ def test_released_pairs_import(tmp_path, cond):
         assert label == (lab[i] if cond else -1)
     # float32 latent + float32 image here; float16 images give 3/4 of the release's 12 bytes per value
     assert manifest["bytes_per_pair"] == 16 + 3 * 4 * 4 * (4 + 4)
+
+
+def test_released_pairs_go_into_a_new_folder(tmp_path):
+    write_release(tmp_path / "release")
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match="pairs: not empty"):
+        import_released_pairs(tmp_path / "release", tmp_path / "pairs")
 
 
 def test_released_pairs_with_bad_labels_are_refused(tmp_path):

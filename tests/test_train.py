@@ -115,8 +115,7 @@ def test_two_process_ddp_matches_one_process(pair_sets, tmp_path):
     b = weights(tmp_path / "two" / "checkpoints" / "latest.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
-    for x, y in zip(losses(tmp_path / "one"), losses(tmp_path / "two")):
-        assert x == pytest.approx(y, rel=1e-5)
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), rel=1e-5)
 
 
 @pytest.mark.parametrize("bad, error, match", [
@@ -147,11 +146,15 @@ def test_missing_pairs_and_world_size_are_named(tmp_path, pair_sets, monkeypatch
         TrainConfig.from_dict({"learning_rate": 1.0})
 
 
-def test_resume_with_other_settings_is_refused(pair_sets, tmp_path):
+def test_resume_with_other_settings_is_refused(pair_sets, tmp_path, monkeypatch):
     train(cfg(pair_sets["uncond"], tmp_path, max_steps=4))
-    train(cfg(pair_sets["uncond"], tmp_path, max_steps=6))  # longer: allowed
+    monkeypatch.chdir(tmp_path.parent)
+    train(cfg(pair_sets["uncond"], tmp_path.name, max_steps=6))  # longer, same folder by another path: allowed
     with pytest.raises(ValueError, match="lr: checkpoint 0.002, now 0.001"):
         train(cfg(pair_sets["uncond"], tmp_path, max_steps=8, lr=1e-3))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # (not initialised: the check comes first)
+    with pytest.raises(ValueError, match="world_size: checkpoint 1, now 2"):
+        train(cfg(pair_sets["uncond"], tmp_path, max_steps=8))
 
 
 def test_exploding_loss_stops_with_the_last_good_checkpoint(pair_sets, tmp_path):

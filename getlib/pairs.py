@@ -31,12 +31,16 @@ from getlib.edm import Denoiser, SamplerConfig, edm_sampler, latents_for_seeds
 from getlib.io import atomic_write, atomic_write_json, file_sha256, first_line
 
 __all__ = ["PairSpec", "generate_pairs", "PairDataset", "import_released_pairs", "read_manifest",
-           "verify_pairs", "bytes_per_pair", "RELEASED_BYTES_PER_PAIR"]
+           "verify_pairs", "released_bytes_per_pair"]
 
 FORMAT = "getlib-pairs/1"
 MANIFEST = "manifest.json"
-# The authors' release: float32 latent + float64 image per CIFAR-10 pair (37 GB per 1M pairs)
-RELEASED_BYTES_PER_PAIR = 3 * 32 * 32 * (4 + 8)
+# The authors' release stores a float32 latent and a float64 image per pair (37 GB per 1M CIFAR-10 pairs)
+RELEASED_BYTES_PER_VALUE = 4 + 8
+
+
+def released_bytes_per_pair(image_shape: tuple[int, ...]) -> int:
+    return math.prod(image_shape) * RELEASED_BYTES_PER_VALUE
 
 
 @dataclass(frozen=True)
@@ -78,11 +82,6 @@ def record_dtype(image_shape: tuple[int, ...], image_dtype: str, stored_latents:
     if stored_latents:
         fields.append(("latent", "<f4", image_shape))
     return np.dtype(fields)
-
-
-def bytes_per_pair(manifest: dict) -> int:
-    return record_dtype(tuple(manifest["spec"]["image_shape"]), manifest["spec"]["image_dtype"],
-                        manifest["latents"] == "stored").itemsize
 
 
 def shard_name(k: int) -> str:
@@ -180,7 +179,8 @@ def _finalise(root: Path, header: dict, spec: PairSpec) -> dict:
                        "sha256": file_sha256(path)})
     size = record_dtype(spec.image_shape, spec.image_dtype, header["latents"] == "stored").itemsize
     manifest = {**header, "complete": True, "num_pairs": sum(s["count"] for s in shards), "shards": shards,
-                "bytes_per_pair": size, "bytes_per_pair_vs_released": size / RELEASED_BYTES_PER_PAIR}
+                "bytes_per_pair": size,
+                "bytes_per_pair_vs_released": size / released_bytes_per_pair(spec.image_shape)}
     atomic_write_json(root / MANIFEST, manifest)
     return manifest
 

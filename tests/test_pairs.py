@@ -203,7 +203,7 @@ def test_bytes_per_pair_against_the_release(tmp_path):
     s = spec(num_pairs=2, image_shape=(3, 32, 32))
     manifest = generate_pairs(lambda x, sigma, c: torch.zeros_like(x), tmp_path, s, TEACHER_ID, SAMPLER)
     assert manifest["bytes_per_pair"] == 16 + 3 * 32 * 32 * 2          # seed, label, float16 image
-    assert pairs.RELEASED_BYTES_PER_PAIR == 36864                       # float32 latent + float64 image
+    assert pairs.released_bytes_per_pair((3, 32, 32)) == 36864          # float32 latent + float64 image
     assert manifest["bytes_per_pair_vs_released"] == pytest.approx(6160 / 36864)
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
     assert read_manifest(tmp_path, verify="sha256") == manifest

@@ -1,0 +1,324 @@
+"""Evaluation: samples, FID/KID through clean-fid, Inception Score, and cost (FLOPs, speed, memory).
+
+Every image set goes the same way: uint8 PNGs in a folder -> clean-fid's `get_folder_features`
+with a feature extractor -> clean-fid's `fid_from_feats` / `kernel_distance`. Only the feature space
+changes: Inception ('clean' or 'legacy_tensorflow' mode) for CIFAR-10, or the digits classifier
+(`getlib.features`) offline. Each result names its feature space and sample counts.
+
+Sampling is seeded per image: image i of a set uses seed offset + i for its latent (and label) and,
+for GET, for its initial state z0, so a set does not depend on the batch size or device.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from getlib.data import to_uint8
+from getlib.edm import Denoiser, SamplerConfig, edm_sampler, latents_for_seeds
+from getlib.features import FeatureNet
+from getlib.io import atomic_write, atomic_write_json
+from getlib.models import GET
+
+__all__ = ["FeatureSpace", "digits_feature_space", "inception_feature_space", "INCEPTION_PATH", "INCEPTION_URL",
+           "sample_student", "sample_teacher", "write_images", "folder_features", "fid_kid", "score_images",
+           "iteration_sweep", "compare", "inception_score",
+           "flops_per_sample", "throughput", "write_results"]
+
+INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+INCEPTION_PATH = Path("/tmp/inception-2015-12-05.pt")   # where clean-fid looks for (and downloads) it
+
+
+# ------------------------------------------------------------------------------------------------
+# Feature spaces
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class FeatureSpace:
+    """How clean-fid turns images into features: its mode, the extractor and the resize it uses."""
+    name: str
+    extractor: Callable[[Tensor], Tensor]          # float (B, 3, H, W) in [0, 255] -> (B, d)
+    mode: str = "clean"
+    resize: Callable[[np.ndarray], np.ndarray] | None = None   # None: clean-fid's own for `mode`
+    device: torch.device = torch.device("cpu")
+    logits: Callable[[Tensor], Tensor] | None = None            # for the Inception Score
+
+
+def digits_feature_space(net: FeatureNet, device: torch.device | str = "cpu") -> FeatureSpace:
+    """The digits classifier's 128-d penultimate layer; images keep their 8x8 size (no resize)."""
+    net = net.to(device).eval()
+    return FeatureSpace(name="digits-cnn", device=torch.device(device),
+                        extractor=lambda x: net.features(net.prepare(x)),
+                        resize=lambda img: np.asarray(img, dtype=np.uint8))
+
+
+def inception_feature_space(mode: str = "clean", device: torch.device | str = "cpu") -> FeatureSpace:
+    """clean-fid's Inception (the TF-FID torchscript network) in 'clean' or 'legacy_tensorflow' mode.
+
+    The weights are read from /tmp/inception-2015-12-05.pt, downloaded there if missing; when that
+    fails this says so and where to put the file: there is no silent fallback.
+    """
+    if mode not in ("clean", "legacy_tensorflow"):
+        raise ValueError(f"Inception FID mode must be 'clean' or 'legacy_tensorflow', got {mode!r}")
+    if not INCEPTION_PATH.exists():
+        from cleanfid.downloads_helper import check_download_inception
+        try:
+            check_download_inception(fpath=str(INCEPTION_PATH.parent))
+        except Exception as e:  # offline: URLError at once
+            INCEPTION_PATH.unlink(missing_ok=True)  # no half-written file left behind
+            raise RuntimeError(
+                f"Inception weights are not available: downloading {INCEPTION_URL} failed "
+                f"({type(e).__name__}: {e}). Download that file on a machine with internet access and put it "
+                f"at {INCEPTION_PATH}; Inception FID is not computed without it.") from e
+    from cleanfid.features import build_feature_extractor
+    device = torch.device(device)
+    extractor = build_feature_extractor(mode, device, use_dataparallel=False)
+    base = torch.jit.load(str(INCEPTION_PATH), map_location=device).eval()
+
+    def logits(x: Tensor) -> Tensor:
+        # the same network's 1008-way logits (TF Inception; classes 1..1000 are ImageNet's)
+        return base(x.to(device), return_features=False)[:, 1:1001]
+
+    return FeatureSpace(name=f"inception-{mode}", extractor=extractor, mode=mode, device=device, logits=logits)
+
+
+# ------------------------------------------------------------------------------------------------
+# Samples
+# ------------------------------------------------------------------------------------------------
+
+def _seeds(n: int, offset: int) -> range:
+    return range(offset, offset + n)
+
+
+@torch.no_grad()
+def sample_student(model: nn.Module, n: int, seed_offset: int = 0, batch_size: int = 500,
+                   device: torch.device | str = "cpu", **deq_overrides: object) -> tuple[Tensor, dict]:
+    """n images (uint8, (n, C, H, W)) from a student in eval mode, and GET's solver statistics
+    (mean absolute / relative residual of the returned iterates, per-iteration relative residuals)."""
+    model = model.to(device).eval()
+    shape = (model.in_channels, model.input_size, model.input_size)
+    out, abs_res, rel_res, traces = [], [], [], []
+    for lo in range(0, n, batch_size):
+        seeds = _seeds(min(batch_size, n - lo), seed_offset + lo)
+        latents, labels = latents_for_seeds(seeds, shape, model.num_classes if model.cond else None)
+        labels = None if labels is None else labels.to(device)
+        if isinstance(model, GET):
+            z0 = torch.stack([torch.randn(model.grid ** 2, model.hidden_size,
+                                          generator=torch.Generator().manual_seed((s * 7919 + 17) % (1 << 63)))
+                              for s in seeds])
+            images, stats = model(latents.to(device), labels, z0=z0.to(device), return_stats=True, **deq_overrides)
+            abs_res.append(stats.abs_lowest.cpu())
+            rel_res.append(stats.rel_lowest.cpu())
+            traces.append(stats.rel_trace.cpu())
+        else:
+            images = model(latents.to(device), labels)
+        out.append(to_uint8(images.float().cpu()))
+    stats = {}
+    if abs_res:
+        trace = torch.cat(traces, dim=1).mean(1) if all(t.shape[0] == traces[0].shape[0] for t in traces) else None
+        stats = {"abs_residual": torch.cat(abs_res).mean().item(), "rel_residual": torch.cat(rel_res).mean().item(),
+                 "rel_residual_per_iteration": [] if trace is None else trace.tolist()}
+    return torch.cat(out), stats
+
+
+@torch.no_grad()
+def sample_teacher(denoise: Denoiser, n: int, shape: tuple[int, int, int], num_classes: int | None = None,
+                   seed_offset: int = 0, batch_size: int = 500, sampler: SamplerConfig = SamplerConfig(),
+                   device: torch.device | str = "cpu") -> Tensor:
+    """n teacher images (uint8) with EDM's deterministic sampler (35 network evaluations by default)."""
+    out = []
+    for lo in range(0, n, batch_size):
+        latents, labels = latents_for_seeds(_seeds(min(batch_size, n - lo), seed_offset + lo), shape, num_classes)
+        x = edm_sampler(denoise, latents.to(device), None if labels is None else labels.to(device),
+                        num_steps=sampler.num_steps, sigma_min=sampler.sigma_min, sigma_max=sampler.sigma_max,
+                        rho=sampler.rho, solver=sampler.solver)
+        out.append(to_uint8(x.float().cpu()))
+    return torch.cat(out)
+
+
+def write_images(images: Tensor, folder: str | Path) -> Path:
+    """uint8 images (N, C, H, W) -> folder/000000.png ...; written to a temporary folder, then renamed."""
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"{folder} exists: write the images into a new folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    arr = images.permute(0, 2, 3, 1).numpy()
+    for i, img in enumerate(arr):
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp / f"{i:06d}.png")
+    os.replace(tmp, folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics (clean-fid does the statistics)
+# ------------------------------------------------------------------------------------------------
+
+def folder_features(folder: str | Path, space: FeatureSpace, batch_size: int = 256) -> np.ndarray:
+    from cleanfid.fid import get_folder_features
+    return get_folder_features(str(folder), model=space.extractor, num_workers=0, batch_size=batch_size,
+                               device=space.device, mode=space.mode, custom_fn_resize=space.resize,
+                               verbose=False)
+
+
+def _unit_scale(feats: np.ndarray) -> np.ndarray:
+    """Rows scaled to norm sqrt(d): KID's cubic kernel (x.y/d + 1)^3 then sees cosine similarities
+    (raw ReLU features of very different norms gave negative KID estimates)."""
+    norms = np.linalg.norm(feats, axis=1, keepdims=True)
+    return feats / np.maximum(norms, 1e-12) * math.sqrt(feats.shape[1])
+
+
+def fid_kid(feats: np.ndarray, reference: np.ndarray) -> dict:
+    """FID (clean-fid's fid_from_feats) and KID (its kernel_distance, on unit-scaled features)."""
+    from cleanfid.fid import fid_from_feats, kernel_distance
+    return {"fid": float(fid_from_feats(feats, reference)),
+            "kid": float(kernel_distance(_unit_scale(feats), _unit_scale(reference))),
+            "n": int(len(feats)), "n_reference": int(len(reference))}
+
+
+@torch.no_grad()
+def inception_score(folder: str | Path, space: FeatureSpace, splits: int = 10, batch_size: int = 256) -> dict:
+    """Inception Score from the Inception network's logits over the images in `folder`."""
+    if space.logits is None:
+        raise ValueError(f"the feature space {space.name!r} has no class logits: Inception Score needs Inception")
+    from cleanfid.utils import ResizeDataset
+    files = sorted(str(p) for p in Path(folder).glob("*.png"))
+    data = ResizeDataset(files, mode=space.mode)
+    probs = torch.cat([torch.softmax(space.logits(torch.stack([data[j] for j in range(i, min(i + batch_size, len(files)))])), 1).cpu()
+                       for i in range(0, len(files), batch_size)]).double()
+    scores = []
+    for part in probs.chunk(splits):
+        kl = part * (part.log() - part.mean(0, keepdim=True).log())
+        scores.append(kl.sum(1).mean().exp().item())
+    return {"is": float(np.mean(scores)), "is_std": float(np.std(scores)), "n": len(files)}
+
+
+def score_images(images: Tensor, reference: np.ndarray, space: FeatureSpace, folder: str | Path) -> dict:
+    """Write uint8 `images` as PNGs into `folder` (new) and score them against reference features."""
+    return {**fid_kid(folder_features(write_images(images, folder), space), reference), "features": space.name}
+
+
+def iteration_sweep(model: GET, reference: np.ndarray, space: FeatureSpace, workdir: str | Path, n: int,
+                    iterations: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12),
+                    solvers: tuple[str, ...] = ("fixed_point_iter", "anderson"), seed_offset: int = 0,
+                    batch_size: int = 500, device: torch.device | str = "cpu") -> list[dict]:
+    """FID against test-time compute: the same n seeds sampled with k solver iterations per solver
+    (tolerance 0, so exactly k evaluations of f), with the solver's mean relative residual."""
+    rows = []
+    for solver in solvers:
+        for k in iterations:
+            images, stats = sample_student(model, n, seed_offset, batch_size, device, eval_f_solver=solver,
+                                           eval_f_max_iter=k, eval_f_tol=0.0)
+            scores = score_images(images, reference, space, Path(workdir) / f"{solver}-{k}")
+            rows.append({"solver": solver, "iterations": k, **scores, "rel_residual": stats["rel_residual"],
+                         "abs_residual": stats["abs_residual"]})
+    return rows
+
+
+def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference: np.ndarray,
+            held_out: Tensor | None, space: FeatureSpace, workdir: str | Path, n: int,
+            seeds: tuple[int, ...] = (0, 1, 2), teacher_shape: tuple[int, int, int] | None = None,
+            num_classes: int | None = None, sampler: SamplerConfig = SamplerConfig(), batch_size: int = 500,
+            device: torch.device | str = "cpu") -> list[dict]:
+    """One row per image source, all scored with n images against the same reference features:
+    the real held-out floor (uint8 `held_out`, its first n images), the teacher, then every student;
+    generated sources are sampled with `len(seeds)` disjoint seed ranges and reported as the mean
+    and standard deviation over them."""
+    workdir = Path(workdir)
+    rows = []
+    if held_out is not None:
+        floor = score_images(held_out[:n], reference, space, workdir / "real-held-out")
+        rows.append({"source": "real (held-out)", "nfe": 0, "fid": floor["fid"], "fid_std": 0.0,
+                     "kid": floor["kid"], "n": floor["n"], "n_reference": floor["n_reference"]})
+
+    def spread(name: str, nfe: int, make: Callable[[int], Tensor]) -> dict:
+        scores = [score_images(make(seed * n), reference, space, workdir / f"{name.replace('/', '_')}-seed{seed}")
+                  for seed in seeds]
+        fids, kids = [s["fid"] for s in scores], [s["kid"] for s in scores]
+        return {"source": name, "nfe": nfe, "fid": float(np.mean(fids)), "fid_std": float(np.std(fids)),
+                "kid": float(np.mean(kids)), "n": n, "n_reference": len(reference), "seeds": len(seeds)}
+
+    if teacher is not None:
+        rows.append(spread("teacher", sampler.nfe, lambda off: sample_teacher(
+            teacher, n, teacher_shape, num_classes, off, batch_size, sampler, device)))
+    for name, model in students.items():
+        nfe = model.deq_cfg.eval_f_max_iter if isinstance(model, GET) else 1
+        rows.append(spread(name, nfe, lambda off: sample_student(model, n, off, batch_size, device)[0]))
+    for r in rows:
+        r["features"] = space.name
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Cost
+# ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def flops_per_sample(model: nn.Module | Callable[[Tensor], Tensor], example: Tensor, *args: object,
+                     **kwargs: object) -> int:
+    """FLOPs of one call on `example` (batch of 1), counted by torch.utils.flop_counter: matrix
+    products, convolutions and attention (2 FLOPs per multiply-add); elementwise work is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)  # (CPU's fused attention has no formula in torch)
+
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention})
+    with counter:
+        model(example, *args, **kwargs)
+    return int(counter.get_total_flops())
+
+
+def throughput(fn: Callable[[], object], batch: int, repeats: int = 3, device: torch.device | str = "cpu") -> dict:
+    """Images per second of fn() producing `batch` images (median of `repeats` after one warm-up),
+    and its peak memory: CUDA allocations, or on CPU the growth of the process's peak resident size."""
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
+            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    return {"images_per_s": batch / float(np.median(times)), "peak_mib": float(peak),
+            "peak_kind": "cuda allocated" if device.type == "cuda" else "peak RSS growth"}
+
+
+def write_results(rows: list[dict], folder: str | Path, name: str, title: str, note: str = "") -> None:
+    """rows -> folder/name.json, name.csv and name.md (a Markdown table under `title`)."""
+    folder = Path(folder)
+    atomic_write_json(folder / f"{name}.json", rows)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v: object) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(folder / f"{name}.csv", lambda f: f.write(text.getvalue().encode()))
+    lines = [f"# {title}", ""] + ([note, ""] if note else []) + ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    atomic_write(folder / f"{name}.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+

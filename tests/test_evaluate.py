@@ -1,0 +1,138 @@
+"""Evaluation: FID/KID behave, the feature network learns, the Inception path is wired, costs add up."""
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+import getlib.evaluate as ev
+from getlib.data import digits, to_uint8
+from getlib.features import split_indices, train_feature_net
+from getlib.models import GET_models, ViT_models
+
+DIGITS = dict(input_size=8, in_channels=1)
+
+
+@pytest.fixture(scope="module")
+def space_and_reference(tmp_path_factory):
+    x, y = digits()
+    train_idx, test_idx = split_indices(len(x), 450)
+    net, report = train_feature_net(x, y, train_idx, test_idx, epochs=40)
+    space = ev.digits_feature_space(net)
+    root = tmp_path_factory.mktemp("eval")
+    reference = ev.folder_features(ev.write_images(to_uint8(x[train_idx]), root / "train"), space)
+    return space, reference, report, x[test_idx], root
+
+
+def test_feature_network_learns_the_digits(space_and_reference):
+    _, reference, report, _, _ = space_and_reference
+    assert report["held_out_accuracy"] > 0.95 and reference.shape == (1347, 128)
+
+
+def test_fid_is_zero_on_itself_and_grows_with_noise(space_and_reference):
+    space, reference, _, held_out, root = space_and_reference
+    assert ev.fid_kid(reference, reference)["fid"] == pytest.approx(0, abs=1e-6)
+    scores = []
+    for i, noise in enumerate([0.0, 0.3, 0.6, 1.2]):
+        g = torch.Generator().manual_seed(i)
+        noisy = (held_out + noise * torch.randn(held_out.shape, generator=g)).clamp(-1, 1)
+        scores.append(ev.score_images(to_uint8(noisy), reference, space, root / f"noise-{i}"))
+    fids = [s["fid"] for s in scores]
+    assert fids == sorted(fids) and fids[0] < 5 < 50 < fids[-1]
+    assert scores[-1]["kid"] > scores[0]["kid"] and scores[0]["features"] == "digits-cnn"
+
+
+def test_iteration_sweep_gives_a_finite_fid_for_each_count(space_and_reference):
+    space, reference, _, _, root = space_and_reference
+    torch.manual_seed(0)
+    model = GET_models["GET-P/2"](**DIGITS)
+    with torch.no_grad():
+        model.final_layer.linear.weight.normal_(0, 0.05)
+    rows = ev.iteration_sweep(model, reference, space, root / "sweep", n=64, iterations=(1, 2, 4),
+                              solvers=("fixed_point_iter", "anderson"))
+    assert [(r["solver"], r["iterations"]) for r in rows] == [
+        ("fixed_point_iter", 1), ("fixed_point_iter", 2), ("fixed_point_iter", 4),
+        ("anderson", 1), ("anderson", 2), ("anderson", 4)]
+    assert all(np.isfinite(r["fid"]) and np.isfinite(r["rel_residual"]) for r in rows)
+    assert rows[0]["fid"] == pytest.approx(rows[3]["fid"])  # one iteration: both solvers take f(z0)
+
+
+def test_samples_depend_on_their_seeds_only():
+    model = GET_models["GET-P/2"](**DIGITS, cond=True)
+    with torch.no_grad():
+        model.final_layer.linear.weight.normal_(0, 0.05)
+    a, stats = ev.sample_student(model, 10, seed_offset=5, batch_size=10)
+    b, _ = ev.sample_student(model, 10, seed_offset=5, batch_size=3)
+    c, _ = ev.sample_student(model, 4, seed_offset=11, batch_size=4)
+    assert a.dtype == torch.uint8 and torch.equal(a, b) and torch.equal(a[6:], c)
+    assert len(stats["rel_residual_per_iteration"]) == 6
+    teacher = ev.sample_teacher(lambda x, s, c: torch.tanh(x), 6, (1, 8, 8), num_classes=10, seed_offset=2,
+                                batch_size=4, sampler=ev.SamplerConfig(num_steps=3))
+    assert teacher.shape == (6, 1, 8, 8) and teacher.dtype == torch.uint8
+
+
+def test_flop_count_matches_a_hand_count():
+    """ViT with one block, D = 8, 4 tokens of 2x2x1 patches: every matmul counted by hand."""
+    model = ViT_models["ViT-P/2"](input_size=4, in_channels=1, hidden_size=8, depth=1, num_heads=2).eval()
+    T, D, P = 4, 8, 4          # tokens, width, values per patch
+    hand = (2 * T * P * D                      # patch conv
+            + 2 * T * D * 3 * D                # qkv
+            + 2 * 2 * T * T * D                # attention: QK^T and AV
+            + 2 * T * D * D                    # attention output projection
+            + 2 * T * D * 4 * D * 2            # MLP in and out
+            + 2 * T * D * P)                   # decoder
+    assert ev.flops_per_sample(model, torch.randn(1, 1, 4, 4)) == hand
+
+
+def test_inception_path_says_where_to_put_the_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(ev, "INCEPTION_PATH", tmp_path / "inception-2015-12-05.pt")
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    with pytest.raises(RuntimeError, match=r"Download that file .* put it at .*inception-2015-12-05.pt"):
+        ev.inception_feature_space("clean")
+    assert not (tmp_path / "inception-2015-12-05.pt").exists()
+    with pytest.raises(ValueError, match="'clean' or 'legacy_tensorflow'"):
+        ev.inception_feature_space("legacy_pytorch")
+
+
+@pytest.mark.skipif(not ev.INCEPTION_PATH.exists(), reason="Inception weights not present (offline machine)")
+def test_inception_fid_and_is_when_the_weights_are_present(tmp_path):
+    space = ev.inception_feature_space("clean")
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    folder = ev.write_images(images, tmp_path / "a")
+    feats = ev.folder_features(folder, space)
+    assert feats.shape == (20, 2048)
+    score = ev.inception_score(folder, space, splits=2)
+    assert score["is"] >= 1.0
+
+
+def test_inception_score_needs_logits(space_and_reference, tmp_path):
+    space, *_ = space_and_reference
+    with pytest.raises(ValueError, match="Inception Score needs Inception"):
+        ev.inception_score(tmp_path, space)
+
+
+def test_results_are_written_as_json_csv_and_markdown(tmp_path):
+    rows = [{"model": "GET-P/2", "fid": 12.3456, "n": 2000}, {"model": "teacher", "fid": 1.5, "n": 2000}]
+    ev.write_results(rows, tmp_path, "table", "Title", note="FID: digits-cnn, 2000 vs 1347")
+    import json
+    assert json.loads((tmp_path / "table.json").read_text()) == rows
+    assert (tmp_path / "table.csv").read_text().splitlines()[0] == "model,fid,n"
+    md = (tmp_path / "table.md").read_text()
+    assert "| GET-P/2 | 12.35 | 2000 |" in md and "digits-cnn, 2000 vs 1347" in md
+
+
+def test_compare_scores_floor_teacher_and_students_with_the_same_counts(space_and_reference):
+    space, reference, _, held_out, root = space_and_reference
+    torch.manual_seed(0)
+    students = {"GET-P/2": GET_models["GET-P/2"](**DIGITS), "ViT-P/2": ViT_models["ViT-P/2"](**DIGITS)}
+    rows = ev.compare(students, lambda x, s, c: torch.tanh(x.float()), reference, to_uint8(held_out), space,
+                      root / "compare", n=100, seeds=(0, 1), teacher_shape=(1, 8, 8),
+                      sampler=ev.SamplerConfig(num_steps=2))
+    assert [r["source"] for r in rows] == ["real (held-out)", "teacher", "GET-P/2", "ViT-P/2"]
+    assert all(r["n"] == 100 and r["n_reference"] == 1347 and r["features"] == "digits-cnn" for r in rows)
+    assert rows[0]["fid"] < rows[2]["fid"]  # untrained students are far from the data
+    assert rows[1]["nfe"] == 3 and rows[2]["nfe"] == 6 and rows[3]["nfe"] == 1
+    assert rows[2]["fid_std"] >= 0 and rows[2]["seeds"] == 2

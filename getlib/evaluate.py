@@ -251,11 +251,24 @@ def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference:
                 "kid": float(np.mean(kids)), "n": n, "n_reference": len(reference), "seeds": len(seeds)}
 
     if teacher is not None:
-        rows.append(spread("teacher", sampler.nfe, lambda off: sample_teacher(
-            teacher, n, teacher_shape, num_classes, off, batch_size, sampler, device)))
+        make = lambda off, count=n: sample_teacher(  # noqa: E731
+            teacher, count, teacher_shape, num_classes, off, batch_size, sampler, device)
+        row = spread("teacher", sampler.nfe, make)
+        labels = torch.zeros(1, dtype=torch.long) if num_classes else None
+        one_call = flops_per_sample(teacher, torch.zeros(1, *teacher_shape, device=device),
+                                    torch.tensor(1.0, device=device), labels)
+        rows.append({**row, "params": sum(p.numel() for p in teacher.parameters()) if isinstance(teacher, nn.Module)
+                     else None, "gflops_per_sample": one_call * sampler.nfe / 1e9,
+                     **throughput(lambda: make(0, batch_size), batch_size, device=device)})
     for name, model in students.items():
         nfe = model.deq_cfg.eval_f_max_iter if isinstance(model, GET) else 1
-        rows.append(spread(name, nfe, lambda off: sample_student(model, n, off, batch_size, device)[0]))
+        make = lambda off, count=n, m=model: sample_student(m, count, off, batch_size, device)[0]  # noqa: E731
+        row = spread(name, nfe, make)
+        example = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=device)
+        labels = torch.zeros(1, dtype=torch.long, device=device) if model.cond else None
+        rows.append({**row, "params": sum(p.numel() for p in model.parameters()),
+                     "gflops_per_sample": flops_per_sample(model.eval(), example, labels) / 1e9,
+                     **throughput(lambda: make(0, batch_size), batch_size, device=device)})
     for r in rows:
         r["features"] = space.name
     return rows

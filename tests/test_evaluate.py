@@ -136,3 +136,5 @@ def test_compare_scores_floor_teacher_and_students_with_the_same_counts(space_an
     assert rows[0]["fid"] < rows[2]["fid"]  # untrained students are far from the data
     assert rows[1]["nfe"] == 3 and rows[2]["nfe"] == 6 and rows[3]["nfe"] == 1
     assert rows[2]["fid_std"] >= 0 and rows[2]["seeds"] == 2
+    assert rows[2]["params"] == 288_516 and rows[2]["gflops_per_sample"] > rows[3]["gflops_per_sample"] > 0
+    assert all(r["images_per_s"] > 0 for r in rows[1:])

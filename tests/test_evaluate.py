@@ -97,6 +97,43 @@ def test_inception_path_says_where_to_put_the_weights(tmp_path, monkeypatch):
         ev.inception_feature_space("legacy_pytorch")
 
 
+def stand_in_inception(path):
+    """A scripted module with the TF-Inception torchscript's interface (features, class probabilities)."""
+    class Layers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 2048)
+
+        def forward(self, x):
+            return torch.relu(self.proj(x.mean((2, 3))))
+
+    class Stand(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = Layers()
+            self.head = torch.nn.Linear(2048, 1008)
+
+        def forward(self, img, return_features: bool = False, no_output_bias: bool = False):
+            x = torch.nn.functional.interpolate(img, size=(299, 299), mode="bilinear") / 128 - 1
+            features = self.layers(x)
+            return features if return_features else torch.softmax(self.head(features), dim=1)
+
+    torch.jit.script(Stand()).save(str(path))
+
+
+@pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow"])
+def test_inception_plumbing_with_a_stand_in_network(tmp_path, monkeypatch, mode):
+    """Everything of the Inception path but the real weights: clean-fid's loader, resize, IS."""
+    monkeypatch.setattr(ev, "INCEPTION_PATH", tmp_path / "inception-2015-12-05.pt")
+    stand_in_inception(ev.INCEPTION_PATH)
+    space = ev.inception_feature_space(mode)
+    folder = ev.write_images(torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8), tmp_path / "imgs")
+    feats = ev.folder_features(folder, space)
+    assert feats.shape == (12, 2048) and space.name == f"inception-{mode}"
+    score = ev.inception_score(folder, space, splits=3)
+    assert score["n"] == 12 and 1.0 <= score["is"] <= 1008
+
+
 @pytest.mark.skipif(not ev.INCEPTION_PATH.exists(), reason="Inception weights not present (offline machine)")
 def test_inception_fid_and_is_when_the_weights_are_present(tmp_path):
     space = ev.inception_feature_space("clean")
@@ -110,7 +147,7 @@ def test_inception_fid_and_is_when_the_weights_are_present(tmp_path):
 
 def test_inception_score_needs_logits(space_and_reference, tmp_path):
     space, *_ = space_and_reference
-    with pytest.raises(ValueError, match="Inception Score needs Inception"):
+    with pytest.raises(ValueError, match="Inception Score needs Inception"):  # the digits CNN has no classes
         ev.inception_score(tmp_path, space)
 
 

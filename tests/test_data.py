@@ -1,0 +1,29 @@
+"""Real data sets: the bundled digits and CIFAR-10's on-disk layout."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from getlib.data import cifar10, digits, to_uint8
+
+
+def test_digits_are_real_and_in_model_space():
+    x, y = digits()
+    assert x.shape == (1797, 1, 8, 8) and x.min() == -1 and x.max() == 1
+    assert sorted(y.unique().tolist()) == list(range(10))
+    assert to_uint8(torch.tensor([-1.0, 0.0, 1.0, 2.0])).tolist() == [0, 128, 255, 255]
+
+
+def test_cifar10_reads_its_on_disk_layout(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 9]}, f)
+    x, y = cifar10(tmp_path, train=True)
+    assert x.shape == (20, 3, 32, 32) and x.dtype == torch.uint8 and y.tolist()[:4] == [0, 1, 2, 9]
+    assert cifar10(tmp_path, train=False)[0].shape == (4, 3, 32, 32)
+    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
+        cifar10(tmp_path / "elsewhere")

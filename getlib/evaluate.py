@@ -208,6 +208,75 @@ def inception_score(folder: str | Path, space: FeatureSpace, splits: int = 10, b
     return {"is": float(np.mean(scores)), "is_std": float(np.std(scores)), "n": len(files)}
 
 
+def score_images(images: Tensor, reference: np.ndarray, space: FeatureSpace, folder: str | Path) -> dict:
+    """Write uint8 `images` as PNGs into `folder` (new) and score them against reference features."""
+    return {**fid_kid(folder_features(write_images(images, folder), space), reference), "features": space.name}
+
+
+def iteration_sweep(model: GET, reference: np.ndarray, space: FeatureSpace, workdir: str | Path, n: int,
+                    iterations: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12),
+                    solvers: tuple[str, ...] = ("fixed_point_iter", "anderson"), seed_offset: int = 0,
+                    batch_size: int = 500, device: torch.device | str = "cpu") -> list[dict]:
+    """FID against test-time compute: the same n seeds sampled with k solver iterations per solver
+    (tolerance 0, so exactly k evaluations of f), with the solver's mean relative residual."""
+    rows = []
+    for solver in solvers:
+        for k in iterations:
+            images, stats = sample_student(model, n, seed_offset, batch_size, device, eval_f_solver=solver,
+                                           eval_f_max_iter=k, eval_f_tol=0.0)
+            scores = score_images(images, reference, space, Path(workdir) / f"{solver}-{k}")
+            rows.append({"solver": solver, "iterations": k, **scores, "rel_residual": stats["rel_residual"],
+                         "abs_residual": stats["abs_residual"]})
+    return rows
+
+
+def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference: np.ndarray,
+            held_out: Tensor | None, space: FeatureSpace, workdir: str | Path, n: int,
+            seeds: tuple[int, ...] = (0, 1, 2), teacher_shape: tuple[int, int, int] | None = None,
+            num_classes: int | None = None, sampler: SamplerConfig = SamplerConfig(), batch_size: int = 500,
+            device: torch.device | str = "cpu") -> list[dict]:
+    """One row per image source, all scored with n images against the same reference features:
+    the real held-out floor (uint8 `held_out`, its first n images), the teacher, then every student;
+    generated sources are sampled with `len(seeds)` disjoint seed ranges and reported as the mean
+    and standard deviation over them."""
+    workdir = Path(workdir)
+    rows = []
+    if held_out is not None:
+        floor = score_images(held_out[:n], reference, space, workdir / "real-held-out")
+        rows.append({"source": "real (held-out)", "nfe": 0, "fid": floor["fid"], "fid_std": 0.0,
+                     "kid": floor["kid"], "n": floor["n"], "n_reference": floor["n_reference"]})
+
+    def spread(name: str, nfe: int, make: Callable[[int], Tensor]) -> dict:
+        scores = [score_images(make(seed * n), reference, space, workdir / f"{name.replace('/', '_')}-seed{seed}")
+                  for seed in seeds]
+        fids, kids = [s["fid"] for s in scores], [s["kid"] for s in scores]
+        return {"source": name, "nfe": nfe, "fid": float(np.mean(fids)), "fid_std": float(np.std(fids)),
+                "kid": float(np.mean(kids)), "n": n, "n_reference": len(reference), "seeds": len(seeds)}
+
+    if teacher is not None:
+        make = lambda off, count=n: sample_teacher(  # noqa: E731
+            teacher, count, teacher_shape, num_classes, off, batch_size, sampler, device)
+        row = spread("teacher", sampler.nfe, make)
+        labels = torch.zeros(1, dtype=torch.long) if num_classes else None
+        one_call = flops_per_sample(teacher, torch.zeros(1, *teacher_shape, device=device),
+                                    torch.tensor(1.0, device=device), labels)
+        rows.append({**row, "params": sum(p.numel() for p in teacher.parameters()) if isinstance(teacher, nn.Module)
+                     else None, "gflops_per_sample": one_call * sampler.nfe / 1e9,
+                     **throughput(lambda: make(0, batch_size), batch_size, device=device)})
+    for name, model in students.items():
+        nfe = model.deq_cfg.eval_f_max_iter if isinstance(model, GET) else 1
+        make = lambda off, count=n, m=model: sample_student(m, count, off, batch_size, device)[0]  # noqa: E731
+        row = spread(name, nfe, make)
+        example = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=device)
+        labels = torch.zeros(1, dtype=torch.long, device=device) if model.cond else None
+        rows.append({**row, "params": sum(p.numel() for p in model.parameters()),
+                     "gflops_per_sample": flops_per_sample(model.eval(), example, labels) / 1e9,
+                     **throughput(lambda: make(0, batch_size), batch_size, device=device)})
+    for r in rows:
+        r["features"] = space.name
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------
 # Cost
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import csv
 import io
 import math
 import os
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from getlib.models import GET
 
 __all__ = ["FeatureSpace", "digits_feature_space", "inception_feature_space", "INCEPTION_PATH", "INCEPTION_URL",
            "sample_student", "sample_teacher", "write_images", "folder_features", "fid_kid", "score_images",
-           "iteration_sweep", "compare", "inception_score",
+           "iteration_sweep", "compare", "cifar10_reference", "inception_score",
            "flops_per_sample", "throughput", "write_results"]
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -208,6 +207,18 @@ def inception_score(folder: str | Path, space: FeatureSpace, splits: int = 10, b
     return {"is": float(np.mean(scores)), "is_std": float(np.std(scores)), "n": len(files)}
 
 
+def cifar10_reference(root: str | Path, split: str, space: FeatureSpace, workdir: str | Path) -> np.ndarray:
+    """Features of the CIFAR-10 'train' (50,000) or 'test' (10,000) images from their on-disk files
+    (getlib.data.cifar10), through the same folder-and-clean-fid road as generated images."""
+    from getlib.data import cifar10
+    if split not in ("train", "test"):
+        raise ValueError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
+    folder = Path(workdir) / f"cifar10-{split}"
+    if not folder.exists():
+        write_images(cifar10(root, train=split == "train")[0], folder)
+    return folder_features(folder, space)
+
+
 def score_images(images: Tensor, reference: np.ndarray, space: FeatureSpace, folder: str | Path) -> dict:
     """Write uint8 `images` as PNGs into `folder` (new) and score them against reference features."""
     return {**fid_kid(folder_features(write_images(images, folder), space), reference), "features": space.name}
@@ -299,25 +310,22 @@ def flops_per_sample(model: nn.Module | Callable[[Tensor], Tensor], example: Ten
 
 
 def throughput(fn: Callable[[], object], batch: int, repeats: int = 3, device: torch.device | str = "cpu") -> dict:
-    """Images per second of fn() producing `batch` images (median of `repeats` after one warm-up),
-    and its peak memory: CUDA allocations, or on CPU the growth of the process's peak resident size."""
+    """Images per second of fn() producing `batch` images (median of `repeats` after one warm-up)
+    and, on CUDA, its peak allocated memory (on CPU there is no per-call measure: None)."""
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fn()
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         sync()
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
-            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
-    return {"images_per_s": batch / float(np.median(times)), "peak_mib": float(peak),
-            "peak_kind": "cuda allocated" if device.type == "cuda" else "peak RSS growth"}
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else None
+    return {"images_per_s": batch / float(np.median(times)), "peak_mib": peak}
 
 
 def write_results(rows: list[dict], folder: str | Path, name: str, title: str, note: str = "") -> None:

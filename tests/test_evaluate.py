@@ -134,6 +134,24 @@ def test_inception_plumbing_with_a_stand_in_network(tmp_path, monkeypatch, mode)
     assert score["n"] == 12 and 1.0 <= score["is"] <= 1008
 
 
+def test_cifar10_reference_through_the_inception_road(tmp_path, monkeypatch):
+    import pickle
+    monkeypatch.setattr(ev, "INCEPTION_PATH", tmp_path / "inception-2015-12-05.pt")
+    stand_in_inception(ev.INCEPTION_PATH)
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), "labels": [0, 1, 2]}, f)
+    space = ev.inception_feature_space("clean")
+    train = ev.cifar10_reference(tmp_path / "data", "train", space, tmp_path / "work")
+    test = ev.cifar10_reference(tmp_path / "data", "test", space, tmp_path / "work")
+    assert train.shape == (15, 2048) and test.shape == (3, 2048)
+    again = ev.cifar10_reference(tmp_path / "data", "train", space, tmp_path / "work")  # reuses the folder
+    np.testing.assert_array_equal(train, again)
+
+
 @pytest.mark.skipif(not ev.INCEPTION_PATH.exists(), reason="Inception weights not present (offline machine)")
 def test_inception_fid_and_is_when_the_weights_are_present(tmp_path):
     space = ev.inception_feature_space("clean")

@@ -57,11 +57,12 @@ class SolverStats:
 class _Tracker:
     """Keeps, per sample, the lowest-residual candidate seen so far (strictly smaller replaces)."""
 
-    def __init__(self, z0: Tensor, stop_mode: str, tol: float, per_sample_stop: bool):
+    def __init__(self, z0: Tensor, stop_mode: str, tol: float, per_sample_stop: bool, return_final: bool = False):
         if stop_mode not in ("abs", "rel"):
             raise ValueError(f"stop_mode must be 'abs' or 'rel', got {stop_mode!r}")
         b = z0.shape[0]
         self.stop_mode, self.tol, self.per_sample_stop = stop_mode, tol, per_sample_stop
+        self.return_final = return_final
         self.best = z0
         inf = torch.full((b,), float("inf"), device=z0.device)
         self.abs_lowest, self.rel_lowest = inf.clone(), inf.clone()
@@ -78,7 +79,7 @@ class _Tracker:
         self.rel_trace.append(rel)
         r = diff if self.stop_mode == "abs" else rel
         lowest = self.abs_lowest if self.stop_mode == "abs" else self.rel_lowest
-        better = r < lowest
+        better = torch.ones_like(r, dtype=torch.bool) if self.return_final else r < lowest
         if self.per_sample_stop:
             better &= ~self.done  # a sample that met the tolerance keeps the iterate that met it
         shape = (-1,) + (1,) * (z.dim() - 1)
@@ -86,6 +87,8 @@ class _Tracker:
         self.abs_lowest = torch.where(better, diff, self.abs_lowest)
         self.rel_lowest = torch.where(better, rel, self.rel_lowest)
         self.nstep = torch.where(better, torch.full_like(self.nstep, k), self.nstep)
+        if self.return_final:
+            return False  # every iteration runs and the last one is kept
         below = r < self.tol
         if self.per_sample_stop:
             self.done |= below
@@ -108,7 +111,8 @@ class _Tracker:
 # ------------------------------------------------------------------------------------------------
 
 def fixed_point_iter(f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int = 6, tol: float = 1e-3,
-                     stop_mode: str = "abs", per_sample_stop: bool = False) -> tuple[Tensor, SolverStats]:
+                     stop_mode: str = "abs", per_sample_stop: bool = False,
+                     return_final: bool = False) -> tuple[Tensor, SolverStats]:
     """Plain iteration z_{k+1} = f(z_k).
 
     Iteration k evaluates f(z_k) and its residual r_k = ||f(z_k) - z_k||; per sample the f(z_k)
@@ -116,9 +120,10 @@ def fixed_point_iter(f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int = 
     `max_iter` evaluations, or early once every sample's current r_k is below `tol`. With
     `per_sample_stop` a sample is frozen at the first iterate that meets the tolerance, which makes
     each sample's result independent of the rest of its batch; the loop stops when all are frozen.
+    With `return_final` (torchdeq's name) all max_iter iterations run and the last one is returned.
     With max_iter = 0 it returns z0.
     """
-    track = _Tracker(z0, stop_mode, tol, per_sample_stop)
+    track = _Tracker(z0, stop_mode, tol, per_sample_stop, return_final)
     z, n = z0, 0
     for k in range(1, max_iter + 1):
         fz = f(z)
@@ -130,8 +135,8 @@ def fixed_point_iter(f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int = 
 
 
 def anderson(f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int = 6, tol: float = 1e-3,
-             stop_mode: str = "abs", per_sample_stop: bool = False, m: int = 5, lam: float = 1e-4,
-             beta: float = 1.0) -> tuple[Tensor, SolverStats]:
+             stop_mode: str = "abs", per_sample_stop: bool = False, return_final: bool = False, m: int = 5,
+             lam: float = 1e-4, beta: float = 1.0) -> tuple[Tensor, SolverStats]:
     """Anderson acceleration (type II, Walker & Ni 2011) with memory m, Tikhonov lam, mixing beta.
 
     The next iterate mixes the last n = min(k, m) evaluations: x_{k+1} = sum_i a_i (beta f(x_i) +
@@ -142,7 +147,7 @@ def anderson(f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int = 6, tol: 
     a plain iteration, so one evaluation gives the same result as `fixed_point_iter`. Residual
     tracking, the kept iterate and stopping follow `fixed_point_iter`.
     """
-    track = _Tracker(z0, stop_mode, tol, per_sample_stop)
+    track = _Tracker(z0, stop_mode, tol, per_sample_stop, return_final)
     b = z0.shape[0]
     xs: list[Tensor] = []   # flattened iterates x_i, (B, d)
     fs: list[Tensor] = []   # flattened f(x_i)
@@ -276,6 +281,7 @@ class DEQConfig:
     eval_f_max_iter: int = 6
     eval_f_tol: float = 1e-3
     per_sample_stop: bool = False
+    return_final: bool = False   # both solves: run every iteration, keep the last (not the lowest-residual)
     # Anderson acceleration (wherever a solver is 'anderson'); lam is relative to the residuals
     anderson_m: int = 5
     anderson_lam: float = 1e-4
@@ -325,7 +331,7 @@ class DEQConfig:
         """Run solver `name` with this config's solver settings."""
         extra = dict(m=self.anderson_m, lam=self.anderson_lam, beta=self.anderson_beta) if name == "anderson" else {}
         return SOLVERS[name](f, z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
-                             per_sample_stop=self.per_sample_stop, **extra)
+                             per_sample_stop=self.per_sample_stop, return_final=self.return_final, **extra)
 
 
 GRADIENTS: dict[str, Callable[[Callable[[Tensor], Tensor], Tensor, DEQConfig], list[Tensor]]] = {

@@ -131,6 +131,23 @@ def test_anderson_iterates_match_torchdeq(n):
     assert stats.nstep.tolist() == info["nstep"].long().tolist()
 
 
+def test_return_final_keeps_the_last_iterate_as_torchdeq_does():
+    g = torch.Generator().manual_seed(0)
+    W, b = torch.randn(3, 5, 5, generator=g) * 0.9, torch.randn(3, 5, generator=g)
+    f = lambda z: torch.tanh((W @ z.unsqueeze(-1)).squeeze(-1) + b) * 3  # noqa: E731
+    z0 = torch.randn(3, 5, generator=g)
+    ours, stats = fixed_point_iter(f, z0, max_iter=7, tol=1e9, return_final=True)  # no early stop either
+    theirs, _, _ = get_solver("fixed_point_iter")(f, z0, max_iter=7, tol=1e9, return_final=True)
+    last = z0
+    for _ in range(7):
+        last = f(last)
+    torch.testing.assert_close(ours, last)
+    torch.testing.assert_close(ours, theirs)
+    assert stats.n_iter == 7 and stats.nstep.tolist() == [7, 7, 7]
+    z, _ = anderson(f, z0, max_iter=1, return_final=True)
+    torch.testing.assert_close(z, f(z0))
+
+
 def test_anderson_regularisation_is_relative():
     """torchdeq's absolute lam swamps tiny residuals and stalls; ours is scaled by them."""
     f, z_star = contraction()

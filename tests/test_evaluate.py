@@ -193,3 +193,19 @@ def test_compare_scores_floor_teacher_and_students_with_the_same_counts(space_an
     assert rows[2]["fid_std"] >= 0 and rows[2]["seeds"] == 2
     assert rows[2]["params"] == 288_516 and rows[2]["gflops_per_sample"] > rows[3]["gflops_per_sample"] > 0
     assert all(r["images_per_s"] > 0 for r in rows[1:])
+
+
+def test_feature_network_round_trips_and_bad_files_are_named(tmp_path):
+    from getlib.features import load_feature_net
+    x, y = digits()
+    train_idx, test_idx = split_indices(len(x), 450)
+    net, report = train_feature_net(x, y, train_idx, test_idx, epochs=1, out_path=tmp_path / "features.pt")
+    loaded, saved_report = load_feature_net(tmp_path / "features.pt")
+    assert saved_report == report
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.features(x[:5]), net.eval().features(x[:5]))
+    with pytest.raises(FileNotFoundError, match="run the features stage first"):
+        load_feature_net(tmp_path / "missing.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a feature network"):
+        load_feature_net(tmp_path / "other.pt")

@@ -38,7 +38,7 @@ def test_fid_is_zero_on_itself_and_grows_with_noise(space_and_reference):
         noisy = (held_out + noise * torch.randn(held_out.shape, generator=g)).clamp(-1, 1)
         scores.append(ev.score_images(to_uint8(noisy), reference, space, root / f"noise-{i}"))
     fids = [s["fid"] for s in scores]
-    assert fids == sorted(fids) and fids[0] < 5 < 50 < fids[-1]
+    assert fids == sorted(fids) and fids[-1] > 10 * fids[0], fids
     assert scores[-1]["kid"] > scores[0]["kid"] and scores[0]["features"] == "digits-cnn"
 
 

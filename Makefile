@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
+export PATH := $(abspath $(BIN)):$(PATH)   # dvc runs papermill from the venv
 
-.PHONY: setup test repro lab clean
+.PHONY: setup test repro profile lab clean
 
 setup: $(STAMP)
 
@@ -18,13 +19,16 @@ $(STAMP): pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -q
 
-repro: setup
-	@if [ -f dvc.yaml ]; then $(BIN)/dvc repro; \
-	else echo "pipeline not built yet: dvc.yaml arrives with the pipeline issue; getlib and its tests are ready (make test)"; fi
+# `make repro` runs the active params.yaml; `make repro PROFILE=smoke` switches to a profile first.
+repro: setup $(if $(PROFILE),profile)
+	dvc repro
+
+profile:
+	@test -f profiles/$(PROFILE).yaml || { echo "no profile '$(PROFILE)': choose one of $$(ls profiles | sed 's/.yaml//' | tr '\n' ' ')"; exit 1; }
+	cp profiles/$(PROFILE).yaml params.yaml
 
 lab: setup
-	mkdir -p notebooks
-	$(BIN)/jupyter lab notebooks/
+	jupyter lab notebooks/
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

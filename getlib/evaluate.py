@@ -55,10 +55,10 @@ class FeatureSpace:
     class_probabilities: Callable[[Tensor], Tensor] | None = None   # for the Inception Score
 
 
-def digits_feature_space(net: FeatureNet, device: torch.device | str = "cpu") -> FeatureSpace:
-    """The digits classifier's 128-d penultimate layer; images keep their 8x8 size (no resize)."""
+def digits_feature_space(net: FeatureNet, device: torch.device | str = "cpu", name: str = "digits-cnn") -> FeatureSpace:
+    """A classifier's (getlib.features) 128-d penultimate layer; images keep their size (no resize)."""
     net = net.to(device).eval()
-    return FeatureSpace(name="digits-cnn", device=torch.device(device),
+    return FeatureSpace(name=name, device=torch.device(device),
                         extractor=lambda x: net.features(net.prepare(x)),
                         resize=lambda img: np.asarray(img, dtype=np.uint8))
 

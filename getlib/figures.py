@@ -11,7 +11,7 @@ from torch import Tensor
 from getlib.data import to_uint8
 from getlib.io import atomic_write
 
-__all__ = ["image_grid", "save_grid"]
+__all__ = ["image_grid", "grid_image", "save_grid", "sample_panels", "line_plot", "iterations_plot"]
 
 
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1) -> np.ndarray:
@@ -28,8 +28,88 @@ def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1, scale: int
     return grid[..., 0] if c == 1 else grid
 
 
+def grid_image(images: Tensor, nrow: int | None = None, scale: int | None = None) -> Image.Image:
+    """A PIL image of the grid (Jupyter shows it inline); small images are enlarged."""
+    return Image.fromarray(image_grid(images, nrow, scale=scale or max(1, 64 // images.shape[-1])))
+
+
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: int | None = None) -> None:
     """Write a PNG grid (small images are enlarged so that a digit is readable)."""
     scale = scale or max(1, 64 // images.shape[-1])
     grid = image_grid(images, nrow, scale=scale)
     atomic_write(path, lambda f: Image.fromarray(grid).save(f, format="PNG"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots (matplotlib, written as PNG)
+# ------------------------------------------------------------------------------------------------
+
+def _save(fig, path: str | Path) -> Path:
+    import io as _io
+
+    import matplotlib.pyplot as plt
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return Path(path)
+
+
+def _figure(*args, **kwargs):
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    return plt.subplots(*args, **kwargs)
+
+
+def sample_panels(panels: dict[str, Tensor], path: str | Path, nrow: int, title: str = "") -> Path:
+    """Side-by-side sample grids (model space images), one panel per source, same seeds in each."""
+    fig, axes = _figure(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (name, images) in zip(axes[0], panels.items()):
+        grid = image_grid(images, nrow)
+        ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def line_plot(series: dict[str, tuple[list, list]], path: str | Path, xlabel: str, ylabel: str, title: str = "",
+              logy: bool = False, logx: bool = False, hlines: dict[str, float] | None = None) -> Path:
+    """One line per named series of (x, y); optional labelled horizontal reference lines."""
+    fig, ax = _figure(figsize=(5.5, 3.6))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, marker="o" if len(x) < 30 else None, ms=3, label=name)
+    for i, (name, y) in enumerate((hlines or {}).items()):
+        ax.axhline(y, ls="--", lw=1, color=f"C{len(series) + i}", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logy:
+        ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def iterations_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """FID (left axis) and the solver's relative residual (right axis, dashed) against inference
+    iterations, one colour per (student, solver)."""
+    fig, ax = _figure(figsize=(6, 3.8))
+    res = ax.twinx()
+    keys = list(dict.fromkeys((r["student"], r["solver"]) for r in rows))
+    for i, (student, solver) in enumerate(keys):
+        sel = sorted((r for r in rows if (r["student"], r["solver"]) == (student, solver)), key=lambda r: r["iterations"])
+        its = [r["iterations"] for r in sel]
+        ax.plot(its, [r["fid"] for r in sel], marker="o", ms=3, color=f"C{i}", label=f"{student}, {solver}: FID")
+        res.plot(its, [r["rel_residual"] for r in sel], ls="--", color=f"C{i}", alpha=0.7,
+                 label=f"{student}, {solver}: residual")
+    ax.set(xlabel="solver iterations at inference (evaluations of f)", ylabel="FID", title=title)
+    res.set_ylabel("relative residual ||f(z)-z|| / ||f(z)||")
+    res.set_yscale("log")
+    ax.grid(alpha=0.3)
+    lines = ax.get_legend_handles_labels()
+    more = res.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
+    return _save(fig, path)

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "file_sha256", "first_line"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "atomic_save_npz", "file_sha256", "first_line"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
@@ -35,6 +38,18 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Like numpy.savez (np.load reads it), but byte-identical for identical arrays: numpy stamps
+    each member with the current time, which would make DVC see a changed output on every run."""
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+            for name, array in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.asanyarray(array), allow_pickle=False)
+                z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+    atomic_write(path, write)
 
 
 def file_sha256(path: str | Path) -> str:

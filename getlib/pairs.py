@@ -31,7 +31,7 @@ from getlib.edm import Denoiser, SamplerConfig, edm_sampler, latents_for_seeds
 from getlib.io import atomic_write, atomic_write_json, file_sha256, first_line
 
 __all__ = ["PairSpec", "generate_pairs", "PairDataset", "import_released_pairs", "read_manifest",
-           "verify_pairs", "released_bytes_per_pair"]
+           "verify_pairs", "released_bytes_per_pair", "pair_set_differences"]
 
 FORMAT = "getlib-pairs/1"
 MANIFEST = "manifest.json"
@@ -106,6 +106,16 @@ def _differences(have: object, want: object, prefix: str = "") -> list[str]:
         return [d for k in sorted(set(have) | set(want))
                 for d in _differences(have.get(k), want.get(k), f"{prefix}{k}.")]
     return [] if have == want else [f"{prefix.rstrip('.')}: existing {have!r}, asked {want!r}"]
+
+
+def pair_set_differences(root: str | Path, spec: PairSpec, teacher_id: dict, sampler: SamplerConfig) -> list[str]:
+    """How the (possibly partial) pair set in `root` differs from these settings; [] if it matches
+    or there is none."""
+    if not (Path(root) / MANIFEST).exists():
+        return []
+    manifest = read_manifest(root, verify=False, complete=False)
+    header = _header(spec, teacher_id, sampler, "seeds")
+    return _differences({k: manifest.get(k) for k in header}, header)
 
 
 def _check_same(root: Path, manifest: dict, header: dict) -> None:

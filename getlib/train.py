@@ -46,8 +46,8 @@ __all__ = ["TrainConfig", "train", "load_student", "TrainingDiverged", "main"]
 
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 # Settings a resumed run may change; any other difference from the checkpoint is refused.
-RESUMABLE_CHANGES = {"max_steps", "time_budget_s", "log_every", "ckpt_every", "sample_every", "num_samples",
-                     "num_workers", "device", "progress", "out"}
+RESUMABLE_CHANGES = {"max_steps", "time_budget_s", "log_every", "ckpt_every", "sample_every", "snapshot_every",
+                     "num_samples", "num_workers", "device", "progress", "out"}
 
 
 @dataclass
@@ -75,6 +75,7 @@ class TrainConfig:
     log_every: int = 100
     ckpt_every: int = 10_000
     sample_every: int = 10_000            # EMA sample grid and solver residuals
+    snapshot_every: int | None = None     # keep the EMA weights every this many steps (FID vs iterations)
     num_samples: int = 64
     num_workers: int = 0
     device: str = "auto"                  # 'auto' | 'cpu' | 'cuda'
@@ -94,6 +95,8 @@ class TrainConfig:
         for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "sample_every"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.snapshot_every is not None and self.snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be a positive integer or null, got {self.snapshot_every!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         DEQConfig.from_dict(self.deq)  # names an unknown or bad DEQ setting now
@@ -108,6 +111,7 @@ class TrainConfig:
 
 
 _TYPES = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float), "float | None": (int, float, type(None)),
+          "int | None": (int, type(None)),
           "dict": (dict,), "tuple[float, float]": (tuple,)}
 
 
@@ -339,6 +343,9 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
                 metrics_file.flush()
             if step % cfg.sample_every == 0 or last:
                 _sample_report(ema, cfg, pairs, device, out, step)
+            if cfg.snapshot_every and (step % cfg.snapshot_every == 0 or last):
+                atomic_torch_save(_student_blob(ema, cfg, {"step": step, "images_seen": images_seen}),
+                                  out / "snapshots" / f"step-{step:07d}.pt")
             if step % cfg.ckpt_every == 0 or last:
                 config = {**dataclasses.asdict(cfg), "pairs": str(Path(cfg.pairs).resolve()), "world_size": world}
                 atomic_torch_save({"step": step, "images_seen": images_seen, "seconds": elapsed, "config": config,
@@ -360,10 +367,14 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
                "images_seen": images_seen, "seconds": seconds, "stopped_by": stopped_by, "world_size": world,
                "device": str(device), "recipe": _recipe(model, cfg), "config": dataclasses.asdict(cfg)}
     if rank == 0:
-        atomic_torch_save({"model_name": cfg.model, "model_kwargs": _model_kwargs(model),
-                           "ema": ema.state_dict(), "summary": summary}, out / "student.pt")
+        atomic_torch_save(_student_blob(ema, cfg, summary), out / "student.pt")
         atomic_write_json(out / "run.json", _jsonable(summary))
     return summary
+
+
+def _student_blob(ema: nn.Module, cfg: TrainConfig, summary: dict) -> dict:
+    """What `load_student` reads: the EMA weights and how to rebuild the model."""
+    return {"model_name": cfg.model, "model_kwargs": _model_kwargs(ema), "ema": ema.state_dict(), "summary": summary}
 
 
 def _progress(cfg: TrainConfig, rank: int, step: int):
@@ -445,7 +456,8 @@ def _sample_report(ema: nn.Module, cfg: TrainConfig, pairs: PairDataset, device:
 
 
 def load_student(path: str | Path) -> nn.Module:
-    """The EMA student saved at the end of a run (out/student.pt), in eval mode."""
+    """The EMA student saved at the end of a run (out/student.pt) or a snapshot
+    (out/snapshots/step-*.pt), in eval mode."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no student at {path}: run the distillation first")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import getlib.evaluate as ev
+from standins import stand_in_inception
 from getlib.data import digits, to_uint8
 from getlib.features import split_indices, train_feature_net
 from getlib.models import GET_models, ViT_models
@@ -95,30 +96,6 @@ def test_inception_path_says_where_to_put_the_weights(tmp_path, monkeypatch):
     assert not (tmp_path / "inception-2015-12-05.pt").exists()
     with pytest.raises(ValueError, match="'clean' or 'legacy_tensorflow'"):
         ev.inception_feature_space("legacy_pytorch")
-
-
-def stand_in_inception(path):
-    """A scripted module with the TF-Inception torchscript's interface (features, class probabilities)."""
-    class Layers(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.proj = torch.nn.Linear(3, 2048)
-
-        def forward(self, x):
-            return torch.relu(self.proj(x.mean((2, 3))))
-
-    class Stand(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = Layers()
-            self.head = torch.nn.Linear(2048, 1008)
-
-        def forward(self, img, return_features: bool = False, no_output_bias: bool = False):
-            x = torch.nn.functional.interpolate(img, size=(299, 299), mode="bilinear") / 128 - 1
-            features = self.layers(x)
-            return features if return_features else torch.softmax(self.head(features), dim=1)
-
-    torch.jit.script(Stand()).save(str(path))
 
 
 @pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow"])

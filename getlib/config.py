@@ -1,0 +1,376 @@
+"""params.yaml as typed, validated sections: the pipeline's single configuration.
+
+Every stage loads the whole file with `load_params` and reads its own sections; dvc.yaml lists, per
+stage, exactly the sections it reads. A bad file fails at once with a message that names the key
+(`students.get-p.train.lr must be a number, got 'fast'`) and, where there is a fixed set, the
+allowed values. Paths in the file are relative to the project root (the folder holding dvc.yaml).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from getlib.edm import SamplerConfig
+from getlib.models import GET_models, ViT_models
+from getlib.train import TrainConfig
+
+__all__ = ["Params", "ParamsError", "load_params", "project_root", "CONDITIONS"]
+
+CONDITIONS = ("uncond", "cond")
+
+
+class ParamsError(ValueError):
+    """params.yaml is not valid: the message names the key."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Sections
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class DataParams:
+    dataset: str = "digits"               # 'digits' (scikit-learn's, offline) | 'cifar10'
+    root: str | None = None               # cifar10: the folder holding cifar-10-batches-py
+    held_out: int = 450                   # digits: images kept out of the feature net's training (the FID floor)
+    split_seed: int = 0
+
+    def check(self, key: str) -> None:
+        _one_of(f"{key}.dataset", self.dataset, ("digits", "cifar10"))
+        if self.dataset == "cifar10" and not self.root:
+            raise ParamsError(f"{key}.root must name the folder holding cifar-10-batches-py for dataset cifar10")
+        if self.held_out < 1:
+            raise ParamsError(f"{key}.held_out must be >= 1, got {self.held_out}")
+
+
+@dataclass
+class FeaturesParams:
+    network: str = "classifier"           # 'classifier': a CNN trained here on the data | 'inception': clean-fid's
+    mode: str = "clean"                   # inception: clean-fid mode, 'clean' | 'legacy_tensorflow'
+    epochs: int = 40                      # classifier training epochs
+    reference: str = "train"              # inception on cifar10: reference split 'train' (50k) | 'test' (10k)
+
+    def check(self, key: str) -> None:
+        _one_of(f"{key}.network", self.network, ("classifier", "inception"))
+        _one_of(f"{key}.mode", self.mode, ("clean", "legacy_tensorflow"))
+        _one_of(f"{key}.reference", self.reference, ("train", "test"))
+        if self.epochs < 1:
+            raise ParamsError(f"{key}.epochs must be >= 1, got {self.epochs}")
+
+
+@dataclass
+class TeacherParams:
+    source: str = "train"                 # 'train': the embedded UNet, trained here | 'checkpoint': EDM .pkl files
+    checkpoints: dict = field(default_factory=dict)   # source checkpoint: {uncond: path.pkl, cond: path.pkl}
+    edm_repo: str | None = None           # source checkpoint: a clone of github.com/NVlabs/edm
+    channels: list = field(default_factory=lambda: [32, 64, 64])
+    emb_dim: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    batch_size: int = 256
+    max_steps: int = 1000
+    ema_halflife_images: float = 50_000
+    ema_rampup_ratio: float = 0.05
+    seed: int = 0
+
+    def check(self, key: str) -> None:
+        _one_of(f"{key}.source", self.source, ("train", "checkpoint"))
+        unknown = sorted(set(self.checkpoints) - set(CONDITIONS))
+        if unknown:
+            raise ParamsError(f"{key}.checkpoints: unknown condition(s) {unknown}; allowed: {list(CONDITIONS)}")
+        for c, path in self.checkpoints.items():
+            if not isinstance(path, str):
+                raise ParamsError(f"{key}.checkpoints.{c} must be a path, got {path!r}")
+        if not all(isinstance(c, int) and c > 0 for c in self.channels):
+            raise ParamsError(f"{key}.channels must be a list of positive integers, got {self.channels!r}")
+        for name in ("max_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+
+    def checkpoint(self, condition: str, root: Path) -> Path:
+        """The EDM checkpoint for `condition` (source 'checkpoint'); a clear error when it is missing."""
+        path = self.checkpoints.get(condition)
+        if path is None:
+            raise ParamsError(f"teacher.checkpoints.{condition} is not set: name the EDM .pkl for the "
+                              f"{condition} teacher (see README, CIFAR-10 profiles)")
+        full = (root / path) if not Path(path).is_absolute() else Path(path)
+        if not full.is_file():
+            raise ParamsError(f"teacher.checkpoints.{condition}: no file at {full} (download it: README, "
+                              f"CIFAR-10 profiles)")
+        return full
+
+    def train_settings(self) -> dict:
+        """The embedded teacher's TeacherConfig fields (without `cond`)."""
+        skip = {"source", "checkpoints", "edm_repo"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+
+
+@dataclass
+class PairsParams:
+    num_pairs: int = 12_000               # per condition
+    shard_size: int = 4000
+    batch_size: int = 500                 # generation batch (part of the pairs' bytes)
+    image_dtype: str = "float16"
+    seed_start: int = 0
+    device: str = "auto"
+    nproc: int = 1                        # > 1: torchrun --nproc_per_node (one GPU each)
+
+    def check(self, key: str) -> None:
+        _one_of(f"{key}.image_dtype", self.image_dtype, ("float16", "float32"))
+        _one_of(f"{key}.device", self.device, ("auto", "cpu", "cuda"))
+        for name in ("num_pairs", "shard_size", "batch_size", "nproc"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class StudentParams:
+    model: str                            # a name from GET_models or ViT_models
+    condition: str = "uncond"             # which teacher's pairs: 'uncond' | 'cond' (class-conditional student)
+    train: dict = field(default_factory=dict)   # overrides of the shared `distill` settings for this student
+
+    def check(self, key: str) -> None:
+        models = {**GET_models, **ViT_models}
+        if self.model not in models:
+            raise ParamsError(f"{key}.model: unknown model {self.model!r}; allowed: {sorted(models)}")
+        _one_of(f"{key}.condition", self.condition, CONDITIONS)
+        if self.model in ViT_models and isinstance(self.train, dict) and self.train.get("deq"):
+            raise ParamsError(f"{key}.train.deq: DEQ settings apply to GET models, not to {self.model}")
+
+
+@dataclass
+class EvaluateParams:
+    num_samples: int = 450                # images per FID (the floor uses the same count of held-out images)
+    seeds: int = 3                        # disjoint seed ranges per generated source (mean and spread)
+    batch_size: int = 500
+    sweep_iterations: list = field(default_factory=lambda: [1, 2, 3, 4, 6, 8, 12])
+    sweep_solvers: list = field(default_factory=lambda: ["fixed_point_iter", "anderson"])
+    device: str = "auto"
+
+    def check(self, key: str) -> None:
+        from getlib.deq import SOLVERS
+        _one_of(f"{key}.device", self.device, ("auto", "cpu", "cuda"))
+        for name in ("num_samples", "seeds", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+        if not all(isinstance(k, int) and k >= 1 for k in self.sweep_iterations):
+            raise ParamsError(f"{key}.sweep_iterations must be positive integers, got {self.sweep_iterations!r}")
+        for s in self.sweep_solvers:
+            _one_of(f"{key}.sweep_solvers", s, tuple(SOLVERS))
+
+
+@dataclass
+class FiguresParams:
+    grid_samples: int = 64                # images per sample grid (same seeds for every source)
+    interpolation_steps: int = 10
+
+    def check(self, key: str) -> None:
+        for name in ("grid_samples", "interpolation_steps"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole file
+# ------------------------------------------------------------------------------------------------
+
+# Training settings a student may not take from `distill` (the pipeline sets them).
+PIPELINE_SET = {"pairs", "out", "model", "cond"}
+
+
+@dataclass
+class Params:
+    profile: str
+    conditions: list[str]                  # the teacher/pair chains to run: 'uncond' and/or 'cond'
+    data: DataParams
+    features: FeaturesParams
+    teacher: TeacherParams
+    sampler: SamplerConfig
+    pairs: PairsParams
+    distill: dict                          # shared TrainConfig settings (+ nproc) for every student
+    students: dict[str, StudentParams]
+    evaluate: EvaluateParams
+    figures: FiguresParams
+    root: Path = Path(".")                 # the project root (paths in the file are relative to it)
+
+    def work(self, *parts: str) -> Path:
+        """Heavy artifacts (DVC-cached, git-ignored): work/<profile>/..."""
+        return self.root / "work" / self.profile / Path(*parts)
+
+    def results(self, *parts: str) -> Path:
+        """Small committed results: results/<profile>/..."""
+        return self.root / "results" / self.profile / Path(*parts)
+
+    def train_config(self, key: str) -> TrainConfig:
+        """The full, validated TrainConfig of student `key`."""
+        if key not in self.students:
+            raise ParamsError(f"students.{key}: no such student; params.yaml names {sorted(self.students)}")
+        s = self.students[key]
+        overrides = _numbers(s.train, f"students.{key}.train")
+        shared = {k: v for k, v in self.distill.items() if k != "nproc"}
+        if s.model in ViT_models:
+            shared.pop("deq", None)    # the shared DEQ recipe is for the GET students
+        settings = {**shared, **{k: v for k, v in overrides.items() if k != "nproc"}}
+        settings.update(pairs=str(self.work("pairs", s.condition)), out=str(self.work("students", key)),
+                        model=s.model, cond=s.condition == "cond")
+        try:
+            return TrainConfig.from_dict(settings)
+        except (ValueError, TypeError) as e:  # `distill` alone was checked on load: the overrides are at fault
+            raise ParamsError(f"students.{key}.train: {e}") from e
+
+    def nproc(self, key: str) -> int:
+        return int({**self.distill, **self.students[key].train}.get("nproc", 1))
+
+
+def project_root(start: str | Path = ".") -> Path:
+    """The folder holding dvc.yaml, searched upwards from `start` (notebooks run in notebooks/)."""
+    here = Path(start).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    raise FileNotFoundError(f"no dvc.yaml in {here} or above: run from inside the project")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; every error names its key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no params file at {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(Params) if f.name != "root"}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ParamsError(f"unknown key(s) {unknown} in {path.name}; allowed: {sorted(sections)}")
+    missing = sorted(k for k in ("profile", "conditions", "students") if k not in raw)
+    if missing:
+        raise ParamsError(f"{path.name} lacks {missing}")
+    profile = raw["profile"]
+    if not isinstance(profile, str) or not profile or "/" in profile:
+        raise ParamsError(f"profile must be a folder name (results/<profile>/), got {profile!r}")
+    students = raw["students"]
+    if not isinstance(students, dict) or not students:
+        raise ParamsError("students must map names to {model, condition, train}, e.g. get-p: {model: GET-P/2}")
+    conditions = raw["conditions"]
+    if not isinstance(conditions, list) or not conditions or len(set(map(str, conditions))) != len(conditions):
+        raise ParamsError(f"conditions must be a list of distinct conditions from {list(CONDITIONS)}, got {conditions!r}")
+    for c in conditions:
+        _one_of("conditions", c, CONDITIONS)
+    params = Params(
+        profile=profile,
+        conditions=list(conditions),
+        data=_section(DataParams, raw.get("data"), "data"),
+        features=_section(FeaturesParams, raw.get("features"), "features"),
+        teacher=_section(TeacherParams, raw.get("teacher"), "teacher"),
+        sampler=_section(SamplerConfig, raw.get("sampler"), "sampler"),
+        pairs=_section(PairsParams, raw.get("pairs"), "pairs"),
+        distill=_distill(raw.get("distill")),
+        students={str(k): _section(StudentParams, v, f"students.{k}") for k, v in students.items()},
+        evaluate=_section(EvaluateParams, raw.get("evaluate"), "evaluate"),
+        figures=_section(FiguresParams, raw.get("figures"), "figures"),
+        root=path.resolve().parent,
+    )
+    for key, s in params.students.items():
+        if not isinstance(s.train, dict):
+            raise ParamsError(f"students.{key}.train must be a mapping of training settings, got {s.train!r}")
+        bad = sorted(PIPELINE_SET & set(s.train))
+        if bad:
+            raise ParamsError(f"students.{key}.train sets {bad}: the pipeline sets these (use model / condition)")
+        params.train_config(key)       # every student's full training settings are valid now
+        if s.condition not in params.conditions:
+            raise ParamsError(f"students.{key}.condition {s.condition!r} is not in conditions {params.conditions}")
+    unused = [c for c in params.conditions if all(s.condition != c for s in params.students.values())]
+    if unused:
+        raise ParamsError(f"conditions lists {unused}, but no student uses it (it would train a teacher for nothing)")
+    if params.features.network == "inception" and params.data.dataset != "cifar10":
+        raise ParamsError("features.network inception is for dataset cifar10 (Inception needs 3-channel images)")
+    return params
+
+
+def _distill(raw: object) -> dict:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ParamsError(f"distill must be a mapping of training settings, got {raw!r}")
+    bad = sorted(PIPELINE_SET & set(raw))
+    if bad:
+        raise ParamsError(f"distill sets {bad}: the pipeline sets these per student")
+    nproc = raw.get("nproc", 1)
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise ParamsError(f"distill.nproc must be a positive integer, got {nproc!r}")
+    settings = _numbers(raw, "distill")
+    try:
+        TrainConfig.from_dict({k: v for k, v in settings.items() if k != "nproc"} | {"pairs": "-", "out": "-"})
+    except (ValueError, TypeError) as e:
+        raise ParamsError(f"distill: {e}") from e
+    return settings
+
+
+def _numbers(settings: dict, key: str) -> dict:
+    """Training settings with YAML 1.1's strings for numbers like 1e-3 read as floats."""
+    floats = {f.name for f in dataclasses.fields(TrainConfig) if "float" in str(f.type)}
+    return {k: _typed(f"{key}.{k}", v, float) if isinstance(v, str) and k in floats else v
+            for k, v in settings.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Typed construction
+# ------------------------------------------------------------------------------------------------
+
+def _one_of(key: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ParamsError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def _section(cls: type, raw: object, key: str):
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{key} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(f"unknown key(s) {unknown} in {key}; allowed: {sorted(fields)}")
+    required = sorted(n for n, f in fields.items() if f.default is dataclasses.MISSING
+                      and f.default_factory is dataclasses.MISSING and n not in raw)
+    if required:
+        raise ParamsError(f"{key} lacks {required}")
+    values = {name: _typed(f"{key}.{name}", value, hints[name]) for name, value in raw.items()}
+    try:
+        obj = cls(**values)
+    except (ValueError, TypeError) as e:
+        raise ParamsError(f"{key}: {e}") from e
+    if hasattr(obj, "check"):
+        obj.check(key)
+    return obj
+
+
+def _typed(key: str, value: object, hint: object) -> object:
+    """`value` as type `hint` (YAML 1.1 reads 1e-3 as a string: accept it as a float), or an error."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for t in options:
+        origin = typing.get_origin(t) or t
+        if t is type(None) and value is None:
+            return None
+        if origin is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin in (str, bool, list, dict) and isinstance(value, origin):
+            return value
+    names = " or ".join("null" if t is type(None) else {float: "a number", int: "an integer", str: "a string",
+                        bool: "true/false", list: "a list", dict: "a mapping"}.get(typing.get_origin(t) or t, str(t))
+                        for t in options)
+    raise ParamsError(f"{key} must be {names}, got {value!r}")

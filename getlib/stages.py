@@ -1,0 +1,447 @@
+"""The pipeline's stages: what each notebook in notebooks/ calls, one function per stage.
+
+    data -> features -> teacher@{cond} -> pairs@{cond} -> distill@{student} -> evaluate -> figures
+
+Each function reads the validated `Params`, writes its heavy outputs under work/<profile>/ (cached
+by DVC, git-ignored) and its small, reviewable ones under results/<profile>/ (committed), and
+returns a summary for the notebook to show. Every file is written atomically; the pair and
+distillation stages resume an interrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+
+from getlib import data as datasets
+from getlib.config import Params, ParamsError
+from getlib.evaluate import (FeatureSpace, compare, digits_feature_space, folder_features, inception_feature_space,
+                             iteration_sweep, sample_student, score_images, write_images,
+                             write_results)
+from getlib.features import load_feature_net, split_indices, train_feature_net
+from getlib.io import atomic_save_npz, atomic_write, atomic_write_json, file_sha256
+from getlib.models import GET
+from getlib.pairs import PairSpec, generate_pairs, pair_set_differences, read_manifest, teacher_from_checkpoint
+from getlib.train import TrainConfig, load_student, train
+
+__all__ = ["prepare_data", "load_data", "make_features", "feature_space", "make_teacher", "load_teacher_of",
+           "make_pairs", "distill", "evaluate", "make_figures", "device_of", "Dataset"]
+
+
+def device_of(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("device cuda was asked for, but torch sees no GPU here (use auto or cpu)")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# data: the real images, one format for every data set
+# ------------------------------------------------------------------------------------------------
+
+class Dataset:
+    """The stage's output, work/<profile>/data/dataset.npz: integer pixels `raw` with `levels`
+    (model space = raw / (levels / 2) - 1, exact for digits' 0..16 and CIFAR's 0..255), labels,
+    and a held-out set that no generative model sees (the FID floor)."""
+
+    def __init__(self, path: Path):
+        if not path.is_file():
+            raise FileNotFoundError(f"no data set at {path}: run the data stage first")
+        with np.load(path) as f:
+            self.levels = int(f["levels"])
+            self.train_raw, self.train_labels = torch.from_numpy(f["train_raw"]), torch.from_numpy(f["train_labels"])
+            self.held_raw, self.held_labels = torch.from_numpy(f["held_raw"]), torch.from_numpy(f["held_labels"])
+            self.name = str(f["name"])
+
+    def model_space(self, raw: Tensor) -> Tensor:
+        return raw.float() / (self.levels / 2) - 1
+
+    @property
+    def train_images(self) -> Tensor:
+        """Training images in model space [-1, 1], (N, C, H, W)."""
+        return self.model_space(self.train_raw)
+
+    def uint8(self, raw: Tensor) -> Tensor:
+        """As the evaluation sees images: model space -> uint8 (getlib.data.to_uint8)."""
+        return datasets.to_uint8(self.model_space(raw))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_raw.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.train_labels.max()) + 1
+
+
+def prepare_data(p: Params) -> dict:
+    """Load the data set named in params, check it, write work/<profile>/data/dataset.npz."""
+    start = time.perf_counter()
+    if p.data.dataset == "digits":
+        from sklearn.datasets import load_digits
+        d = load_digits()
+        raw, labels, levels = torch.from_numpy(d.images.astype(np.uint8)).unsqueeze(1), torch.from_numpy(d.target), 16
+        if p.data.held_out >= len(raw):
+            raise ParamsError(f"data.held_out {p.data.held_out} must be below the {len(raw)} digits")
+        train_idx, held_idx = split_indices(len(raw), p.data.held_out, p.data.split_seed)
+        train_raw, train_labels, held_raw, held_labels = raw[train_idx], labels[train_idx], raw[held_idx], labels[held_idx]
+    else:  # cifar10: its own train / test split (the test images are the held-out set)
+        root = _path(p, p.data.root)
+        train_raw, train_labels = datasets.cifar10(root, train=True)
+        held_raw, held_labels = datasets.cifar10(root, train=False)
+        levels = 255
+    for name, x in (("train", train_raw), ("held-out", held_raw)):
+        if x.ndim != 4 or x.shape[-1] != x.shape[-2] or x.shape[1] not in (1, 3):
+            raise ValueError(f"{p.data.dataset} {name} images must be (N, 1 or 3, H, H), got {tuple(x.shape)}")
+    out = p.work("data", "dataset.npz")
+    atomic_save_npz(out, name=np.array(p.data.dataset), levels=np.array(levels),
+                    train_raw=train_raw.numpy().astype(np.uint8), train_labels=train_labels.numpy().astype(np.int64),
+                    held_raw=held_raw.numpy().astype(np.uint8), held_labels=held_labels.numpy().astype(np.int64))
+    summary = {"dataset": p.data.dataset, "train": len(train_raw), "held_out": len(held_raw),
+               "image_shape": list(train_raw.shape[1:]), "classes": int(train_labels.max()) + 1,
+               "seconds": time.perf_counter() - start}
+    atomic_write_json(p.results("data.json"), summary)
+    return summary
+
+
+def load_data(p: Params) -> Dataset:
+    return Dataset(p.work("data", "dataset.npz"))
+
+
+def _path(p: Params, path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else p.root / path
+
+
+# ------------------------------------------------------------------------------------------------
+# features: the FID feature space and the real images' reference features
+# ------------------------------------------------------------------------------------------------
+
+def feature_space(p: Params) -> FeatureSpace:
+    """The feature space every FID of this profile uses."""
+    device = device_of(p.evaluate.device)
+    if p.features.network == "inception":
+        return inception_feature_space(p.features.mode, device)
+    net, _ = load_feature_net(p.work("features", "feature_net.pt"))
+    return digits_feature_space(net, device, name=f"{p.data.dataset}-cnn")
+
+
+def make_features(p: Params) -> dict:
+    """Train the classifier (network 'classifier') and compute the reference features: the
+    training images, through the same PNG-folder road as every generated set."""
+    ds = load_data(p)
+    folder = p.work("features")
+    start = time.perf_counter()
+    report = {}
+    if p.features.network == "classifier":
+        images = torch.cat([ds.train_images, ds.model_space(ds.held_raw)])
+        labels = torch.cat([ds.train_labels, ds.held_labels])
+        n = len(ds.train_raw)
+        _, report = train_feature_net(images, labels, torch.arange(n), torch.arange(n, len(images)),
+                                      epochs=p.features.epochs, seed=p.data.split_seed,
+                                      out_path=folder / "feature_net.pt")
+    space = feature_space(p)
+    with tempfile.TemporaryDirectory(dir=_mkdir(folder)) as tmp:
+        if p.features.network == "inception" and p.features.reference == "test":
+            reference_raw = ds.held_raw
+        else:
+            reference_raw = ds.train_raw
+        reference = folder_features(write_images(ds.uint8(reference_raw), Path(tmp) / "reference"), space)
+    atomic_write(folder / "reference.npy", lambda f: np.save(f, reference))
+    summary = {"network": space.name, "reference": p.features.reference if p.features.network == "inception"
+               else "train", "n_reference": len(reference), "feature_dim": int(reference.shape[1]),
+               **{k: v for k, v in report.items() if k != "seconds"}, "seconds": time.perf_counter() - start}
+    atomic_write_json(p.results("features.json"), summary)
+    return summary
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# teacher@condition: train the embedded one, or take an official EDM checkpoint
+# ------------------------------------------------------------------------------------------------
+
+def teacher_file(p: Params, condition: str) -> Path:
+    folder = p.work("teacher", condition)
+    found = sorted(folder.glob("*.pkl")) + sorted(folder.glob("teacher.pt"))
+    if not found:
+        raise FileNotFoundError(f"no teacher in {folder}: run the teacher@{condition} stage first")
+    return found[0]
+
+
+def load_teacher_of(p: Params, condition: str) -> tuple[nn.Module, dict]:
+    """The teacher denoiser D(x, sigma, labels) of `condition` and its identity (kind, sha256)."""
+    return teacher_from_checkpoint(teacher_file(p, condition),
+                                   _path(p, p.teacher.edm_repo) if p.teacher.edm_repo else None)
+
+
+def make_teacher(p: Params, condition: str, log=None) -> dict:
+    """source 'train': train the embedded teacher on the training images; source 'checkpoint':
+    copy the named EDM pickle in (so DVC caches and tracks it) and check that it loads."""
+    from getlib.teacher import TeacherConfig, train_teacher
+    if p.teacher.source == "checkpoint":
+        src = p.teacher.checkpoint(condition, p.root)
+        if not p.teacher.edm_repo:
+            raise ParamsError("teacher.edm_repo must name a clone of github.com/NVlabs/edm for source checkpoint")
+        folder = _mkdir(p.work("teacher", condition))
+        dst = folder / src.name
+        tmp = folder / f".{src.name}.tmp"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        denoise, ident = load_teacher_of(p, condition)
+        summary = {"condition": condition, **ident, "params": sum(x.numel() for x in denoise.parameters())}
+    else:
+        ds, folder = load_data(p), _mkdir(p.work("teacher", condition))
+        cfg = TeacherConfig(**p.teacher.train_settings(), cond=condition == "cond")
+        summary = {"condition": condition, "kind": "embedded",
+                   **train_teacher(ds.train_images, ds.train_labels, cfg, folder / "teacher.pt", log)}
+        summary["params"] = sum(x.numel() for x in load_teacher_of(p, condition)[0].parameters())
+    atomic_write_json(p.results(f"teacher-{condition}.json"), summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# pairs@condition
+# ------------------------------------------------------------------------------------------------
+
+def pair_spec(p: Params, condition: str) -> PairSpec:
+    ds = load_data(p)
+    return PairSpec(num_pairs=p.pairs.num_pairs, image_shape=ds.shape,
+                    num_classes=ds.num_classes if condition == "cond" else None, seed_start=p.pairs.seed_start,
+                    shard_size=p.pairs.shard_size, image_dtype=p.pairs.image_dtype, batch_size=p.pairs.batch_size)
+
+
+def make_pairs(p: Params, condition: str, progress=None) -> dict:
+    """Generate (or finish) the pair set of `condition` into work/<profile>/pairs/<condition>.
+
+    A pair set left by other settings (another teacher, count or sampler) is replaced; one
+    interrupted with the same settings is resumed. With pairs.nproc > 1 it runs under torchrun."""
+    root = p.work("pairs", condition)
+    spec = pair_spec(p, condition)
+    denoise, ident = load_teacher_of(p, condition)
+    if pair_set_differences(root, spec, ident, p.sampler):
+        # DVC keeps this output between runs so that an interrupted generation resumes; a set made
+        # with other settings is replaced (when it was finished, DVC's cache still holds it)
+        shutil.rmtree(root)
+    start = time.perf_counter()
+    if p.pairs.nproc > 1:
+        args = ["--teacher", str(teacher_file(p, condition)), "--out", str(root), "--num-pairs", str(spec.num_pairs),
+                "--seed-start", str(spec.seed_start), "--shard-size", str(spec.shard_size),
+                "--batch-size", str(spec.batch_size), "--image-dtype", spec.image_dtype,
+                "--image-shape", *map(str, spec.image_shape), "--steps", str(p.sampler.num_steps),
+                "--solver", p.sampler.solver, "--device", str(device_of(p.pairs.device).type)]
+        if spec.num_classes:
+            args += ["--num-classes", str(spec.num_classes)]
+        if p.teacher.edm_repo:
+            args += ["--edm-repo", str(_path(p, p.teacher.edm_repo))]
+        _torchrun(p.pairs.nproc, "getlib.pairs", args)
+        manifest = read_manifest(root)
+    else:
+        device = device_of(p.pairs.device)
+        manifest = generate_pairs(denoise.to(device), root, spec, ident, p.sampler, device, progress=progress)
+    seconds = time.perf_counter() - start
+    summary = {"condition": condition, "num_pairs": manifest["num_pairs"], "shards": len(manifest["shards"]),
+               "bytes_per_pair": manifest["bytes_per_pair"],
+               "bytes_per_pair_vs_released": manifest["bytes_per_pair_vs_released"],
+               "teacher_nfe": p.sampler.nfe, "seconds": seconds, "pairs_per_s": spec.num_pairs / seconds}
+    atomic_write_json(p.results(f"pairs-{condition}.json"), summary)
+    return summary
+
+
+def _torchrun(nproc: int, module: str, args: list[str]) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", module, *args]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# distill@student
+# ------------------------------------------------------------------------------------------------
+
+def distill(p: Params, key: str) -> dict:
+    """Train student `key` on its condition's pairs (resuming an interrupted run with the same
+    settings; a run left by other settings is replaced); copy its log into results/."""
+    cfg = p.train_config(key)
+    out = Path(cfg.out)
+    nproc = p.nproc(key)
+    _drop_stale_run(out, cfg, nproc)
+    if nproc > 1:
+        out.mkdir(parents=True, exist_ok=True)
+        settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
+        atomic_write(out / "config.yaml", lambda f: f.write(yaml.safe_dump(settings).encode()))
+        _torchrun(nproc, "getlib.train", ["--config", str(out / "config.yaml")])
+        summary = json.loads((out / "run.json").read_text())
+    else:
+        summary = train(cfg)
+    shutil.copyfile(out / "metrics.csv", _mkdir(p.results("train")) / f"{key}.csv")
+    atomic_write_json(p.results("train", f"{key}.json"), {k: v for k, v in summary.items() if k != "config"})
+    return summary
+
+
+def _drop_stale_run(out: Path, cfg: TrainConfig, nproc: int) -> None:
+    """Keep a checkpoint that `train` can resume; remove a run folder left by other settings (DVC
+    keeps this output between runs for resuming; a finished run is also in DVC's cache)."""
+    from getlib.train import RESUMABLE_CHANGES
+    ckpt = out / "checkpoints" / "latest.pt"
+    if not ckpt.exists():
+        if out.exists():
+            shutil.rmtree(out)
+        return
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]
+    want = {**vars(cfg), "pairs": str(Path(cfg.pairs).resolve())}
+    changed = [k for k in want if k not in RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(want[k])]
+    if changed or saved.get("world_size") != nproc:
+        shutil.rmtree(out)
+
+
+def _norm(v: object) -> object:
+    return list(v) if isinstance(v, tuple) else v
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate
+# ------------------------------------------------------------------------------------------------
+
+def students_of(p: Params, condition: str) -> dict[str, nn.Module]:
+    return {key: load_student(p.work("students", key, "student.pt"))
+            for key, s in p.students.items() if s.condition == condition}
+
+
+def evaluate(p: Params) -> dict:
+    """Score everything with the same feature space and sample counts:
+    - comparison: real held-out floor, teacher, every student (FID/KID mean and spread over seeds,
+      NFE, params, FLOPs per sample, images/s);
+    - sweep: FID of each GET against inference iterations, per solver, with its residuals;
+    - training: FID of each student's EMA snapshots against training step."""
+    ds = load_data(p)
+    space = feature_space(p)
+    reference = np.load(p.work("features", "reference.npy"))
+    device = device_of(p.evaluate.device)
+    e = p.evaluate
+    n = e.num_samples
+    seeds = tuple(range(e.seeds))
+    rows, sweep, curve = [], [], []
+    with tempfile.TemporaryDirectory(dir=_mkdir(p.work("evaluate"))) as tmp:
+        tmp = Path(tmp)
+        for i, condition in enumerate(p.conditions):
+            teacher, _ = load_teacher_of(p, condition)
+            students = students_of(p, condition)
+            part = compare(students, teacher.to(device), reference, ds.uint8(ds.held_raw) if i == 0 else None, space,
+                           tmp / condition, n, seeds, ds.shape, ds.num_classes if condition == "cond" else None,
+                           p.sampler, e.batch_size, device)
+            for r in part:
+                r["condition"] = "-" if r["source"].startswith("real") else condition
+                r["kind"] = ("real" if r["source"].startswith("real") else "teacher" if r["source"] == "teacher"
+                             else "GET" if isinstance(students.get(r["source"]), GET) else "ViT")
+                if r["source"] == "teacher":
+                    r["source"] = f"teacher ({condition})"
+            rows += part
+            for key, model in students.items():
+                if isinstance(model, GET):
+                    for r in iteration_sweep(model, reference, space, tmp / condition / f"sweep-{key}", n,
+                                             tuple(e.sweep_iterations), tuple(e.sweep_solvers), 0, e.batch_size,
+                                             device):
+                        sweep.append({"student": key, **r})
+                for snap in sorted(p.work("students", key, "snapshots").glob("step-*.pt")):
+                    step = int(snap.stem.split("-")[1])
+                    images, _ = sample_student(load_student(snap), n, 0, e.batch_size, device)
+                    s = score_images(images, reference, space, tmp / condition / f"curve-{key}-{step}")
+                    curve.append({"student": key, "step": step, "images_seen": step * p.train_config(key).batch_size,
+                                  "fid": s["fid"], "kid": s["kid"], "n": s["n"], "features": s["features"]})
+    for r in rows:
+        key = r["source"]
+        if key in p.students:
+            r["model"] = p.students[key].model
+    note = (f"FID/KID in the {space.name} feature space, {n} images per source against {len(reference)} "
+            f"reference images; generated sources: mean and spread over {len(seeds)} disjoint seed ranges.")
+    folder = p.results("evaluation")
+    write_results(rows, folder, "comparison", "One-step students against the teacher", note)
+    if sweep:
+        write_results(sweep, folder, "iterations", "FID against inference iterations (test-time compute)",
+                      note)
+    if curve:
+        write_results(curve, folder, "training", "FID against training steps (EMA snapshots, seed range 0)",
+                      note)
+    metrics = {r["source"]: {"fid": r["fid"], "fid_std": r["fid_std"], "kid": r["kid"]} for r in rows}
+    atomic_write_json(p.results("metrics.json"), {"features": space.name, "num_samples": n, **metrics})
+    return {"comparison": rows, "iterations": sweep, "training": curve}
+
+
+
+# ------------------------------------------------------------------------------------------------
+# figures
+# ------------------------------------------------------------------------------------------------
+
+def make_figures(p: Params) -> list[Path]:
+    """The figures of results/<profile>/ from the evaluation's tables and the trained models."""
+    from getlib.edm import latents_for_seeds
+    from getlib.evaluate import sample_teacher
+    from getlib.figures import iterations_plot, line_plot, sample_panels
+
+    ds = load_data(p)
+    device = device_of(p.evaluate.device)
+    written = []
+    n = p.figures.grid_samples
+    for condition in p.conditions:
+        # the same seeds, so the same latents (and labels), for the teacher and every student
+        classes = ds.num_classes if condition == "cond" else None
+        if classes:   # one row per class: seeds whose label is that class
+            _, labels = latents_for_seeds(range(40 * n), ds.shape, classes)
+            per = max(1, n // classes)
+            seeds = [s for c in range(classes) for s in (labels == c).nonzero().flatten()[:per].tolist()]
+        else:
+            seeds, per = list(range(n)), None
+        teacher, _ = load_teacher_of(p, condition)
+        panels = {f"teacher ({p.sampler.nfe} NFE)": torch.cat([
+            sample_teacher(teacher.to(device), 1, ds.shape, classes, s, 1, p.sampler, device) for s in seeds])}
+        for key, model in students_of(p, condition).items():
+            images = torch.cat([sample_student(model, 1, s, 1, device)[0] for s in seeds])
+            panels[f"{key}: {p.students[key].model} (1 step)"] = images
+        panels = {k: v.float() / 127.5 - 1 for k, v in panels.items()}
+        written.append(sample_panels(panels, p.results("figures", f"samples-{condition}.png"), nrow=per or None,
+                                     title=f"{condition}: the same latents through the teacher and each student"
+                                     + (" (one row per class)" if classes else "")))
+    loss = {}
+    for key in p.students:
+        log = _read_csv(p.results("train", f"{key}.csv"))
+        loss[key] = ([int(r["step"]) for r in log], [float(r["loss"]) for r in log])
+    written.append(line_plot(loss, p.results("figures", "training_loss.png"), "training step", "distillation loss",
+                             "Training loss", logy=True))
+    curve = _read_json(p.results("evaluation", "training.json"))
+    if curve:
+        series = {key: ([r["step"] for r in curve if r["student"] == key], [r["fid"] for r in curve if r["student"] == key])
+                  for key in dict.fromkeys(r["student"] for r in curve)}
+        comparison = _read_json(p.results("evaluation", "comparison.json"))
+        lines = {r["source"]: r["fid"] for r in comparison if r["kind"] in ("real", "teacher")}
+        written.append(line_plot(series, p.results("figures", "fid_vs_steps.png"), "training step", "FID",
+                                 f"FID against training steps ({comparison[0]['features']} features)", logy=True,
+                                 hlines=lines))
+    sweep = _read_json(p.results("evaluation", "iterations.json"))
+    if sweep:
+        written.append(iterations_plot(sweep, p.results("figures", "fid_vs_iterations.png"),
+                                       "GET: FID and residual against inference iterations"))
+    return written
+
+
+def _read_json(path: Path) -> list:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _read_csv(path: Path) -> list[dict]:
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,108 @@
+"""params.yaml: every profile is valid, the shipped file is the digits profile, and a broken file
+fails with a message that names the key."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from getlib.config import ParamsError, load_params
+from getlib.models import GET_models, ViT_models
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
+
+
+def test_the_shipped_params_are_the_digits_profile():
+    assert (ROOT / "params.yaml").read_text() == (ROOT / "profiles" / "digits.yaml").read_text()
+
+
+def test_the_four_profiles_exist():
+    assert {p.stem for p in PROFILES} >= {"digits", "smoke", "cifar10-uncond", "cifar10-cond"}
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_every_profile_loads_and_names_its_results_folder(path):
+    p = load_params(path)
+    assert p.profile == path.stem
+    for key in p.students:
+        cfg = p.train_config(key)
+        assert cfg.model in {**GET_models, **ViT_models}
+        assert Path(cfg.out).parts[-4:] == ("work", p.profile, "students", key)
+        assert Path(cfg.pairs).parts[-3:] == (p.profile, "pairs", p.students[key].condition)
+
+
+def _dvc_params():
+    """Every params.yaml key a dvc.yaml stage lists (foreach items expanded over a profile)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    keys = []
+    for stage in stages.values():
+        keys += (stage.get("do") or stage).get("params", [])
+    return keys
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_every_key_dvc_tracks_is_spelled_out_in_every_profile(path):
+    raw = yaml.safe_load(path.read_text())
+    for key in _dvc_params():
+        for student in (raw["students"] if "${key}" in key else [None]):
+            node = raw
+            for part in key.replace("${key}", str(student)).split("."):
+                assert isinstance(node, dict) and part in node, f"{path.name} lacks {key} (dvc.yaml lists it)"
+                node = node[part]
+
+
+def test_the_paper_profiles_use_the_papers_recipe():
+    p = load_params(ROOT / "profiles" / "cifar10-uncond.yaml")
+    cfg = p.train_config("get-t")
+    assert (cfg.lr, cfg.batch_size, cfg.max_steps, cfg.ema_decay, cfg.loss, cfg.gamma, cfg.weight_decay) == \
+        (1e-4, 128, 800_000, 0.9999, "l1", 0.8, 0.0)
+    assert cfg.deq == {} and p.pairs.num_pairs == 1_000_000 and p.sampler.nfe == 35
+    assert p.features.network == "inception" and p.evaluate.num_samples == 50_000
+    assert load_params(ROOT / "profiles" / "cifar10-cond.yaml").train_config("get-b").batch_size == 256
+
+
+def write(tmp_path, edit):
+    raw = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda r: r.update(tecaher={}), "tecaher"),
+    (lambda r: r["teacher"].update(lrr=1), "lrr"),
+    (lambda r: r["teacher"].update(max_steps="many"), "teacher.max_steps"),
+    (lambda r: r["pairs"].update(image_dtype="int8"), "pairs.image_dtype"),
+    (lambda r: r["distill"].update(lr="fast"), "lr"),
+    (lambda r: r["distill"].update(batch_size=0), "batch_size"),
+    (lambda r: r["distill"]["deq"].update(f_solver="newton"), "f_solver"),
+    (lambda r: r["students"]["get-p"].update(model="GET-Z/2"), "students.get-p.model"),
+    (lambda r: r["students"]["get-p"].update(condition="both"), "students.get-p.condition"),
+    (lambda r: r["students"]["get-p"].update(train={"out": "elsewhere"}), "students.get-p.train"),
+    (lambda r: r["students"]["vit-p"].update(train={"deq": {"f_max_iter": 3}}), "students.vit-p.train"),
+    (lambda r: r.update(conditions=["uncond"]), "students.get-p-cond.condition"),
+    (lambda r: r["evaluate"].update(sweep_solvers=["broyden"]), "evaluate.sweep_solvers"),
+    (lambda r: r["data"].update(dataset="mnist"), "data.dataset"),
+    (lambda r: r["features"].update(network="inception"), "features.network"),
+])
+def test_a_broken_file_names_the_key(tmp_path, edit, key):
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        load_params(write(tmp_path, edit))
+
+
+def test_yaml_numbers_written_like_1e_3_are_numbers(tmp_path):
+    path = write(tmp_path, lambda r: r["students"]["get-p"].update(train={"lr": "1e-3"}))
+    assert load_params(path).train_config("get-p").lr == 1e-3
+
+
+def test_a_missing_teacher_checkpoint_is_named(tmp_path):
+    from getlib import stages
+    path = write(tmp_path, lambda r: r["teacher"].update(source="checkpoint", edm_repo="edm",
+                                                          checkpoints={"uncond": "missing/edm-uncond.pkl"}))
+    p = load_params(path)
+    with pytest.raises(ParamsError, match=r"teacher\.checkpoints\.uncond: no file at .*missing/edm-uncond\.pkl"):
+        stages.make_teacher(p, "uncond")
+    with pytest.raises(ParamsError, match=r"teacher\.checkpoints\.cond is not set"):
+        stages.make_teacher(p, "cond")
+    assert not p.work().exists()  # nothing was written

@@ -1,0 +1,144 @@
+"""The pipeline end to end: the smoke profile through `dvc repro` (every notebook under papermill)
+in a temporary copy of the project, then what caching promises; and the CIFAR-10 profiles' stages at
+toy scale with stand-ins for what cannot be downloaded here."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from standins import make_cifar10, make_edm_checkpoint, make_edm_repo, stand_in_inception
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(cmd, cwd, check=True):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=True)
+    if check and out.returncode:
+        raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+def ran(out) -> set[str]:
+    return {line.split("'")[1] for line in (out.stdout + out.stderr).splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """A copy of the project (what git would hold) on the smoke profile, after `dvc repro`."""
+    repo = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file() and not name.startswith("results/"):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    shutil.copy(repo / "profiles" / "smoke.yaml", repo / "params.yaml")
+    run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm copy", repo)
+    out = run("dvc repro", repo)
+    run("git add -A && git -c user.name=t -c user.email=t@t commit -qm repro", repo)
+    return repo, out
+
+
+def test_smoke_repro_runs_every_stage_and_writes_every_result(smoke):
+    repo, out = smoke
+    assert ran(out) == {"data", "features", "teacher@uncond", "teacher@cond", "pairs@uncond", "pairs@cond",
+                        "distill@get-p", "distill@vit-p", "distill@get-p-cond", "evaluate", "figures"}
+    executed = {p.name for p in (repo / "work/smoke/notebooks").glob("*.ipynb")}
+    for nb in (repo / "notebooks").glob("*.ipynb"):   # every notebook ran under papermill
+        assert any(e.startswith(nb.stem) for e in executed), nb.name
+    results = repo / "results" / "smoke"
+    rows = json.loads((results / "evaluation" / "comparison.json").read_text())
+    assert [r["source"] for r in rows] == ["real (held-out)", "teacher (uncond)", "get-p", "vit-p",
+                                           "teacher (cond)", "get-p-cond"]
+    assert all(math.isfinite(r["fid"]) and r["n"] == 100 for r in rows)
+    for name in ["samples-uncond.png", "samples-cond.png", "training_loss.png", "fid_vs_steps.png",
+                 "fid_vs_iterations.png"]:
+        assert (results / "figures" / name).stat().st_size > 1000, name
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["features"] == "digits-cnn" and "get-p" in metrics
+
+
+def test_a_second_repro_runs_nothing(smoke):
+    repo, _ = smoke
+    out = run("dvc repro", repo)
+    assert ran(out) == set()
+    assert "up to date" in run("dvc status", repo).stdout
+
+
+def test_a_broken_param_fails_naming_the_key_and_keeps_the_cache(smoke):
+    repo, _ = smoke
+    params = (repo / "params.yaml").read_text()
+    raw = yaml.safe_load(params)
+    raw["students"]["get-p"]["model"] = "GET-Z/2"
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    try:
+        out = run("dvc repro", repo, check=False)
+        assert out.returncode != 0
+        assert "students.get-p.model: unknown model 'GET-Z/2'" in out.stdout + out.stderr
+        assert ran(out) == {"distill@get-p"}     # the first stage that reads it
+        for kept in ["pairs/uncond/manifest.json", "teacher/uncond/teacher.pt", "students/get-p/student.pt"]:
+            assert (repo / "work/smoke" / kept).is_file(), kept
+    finally:
+        (repo / "params.yaml").write_text(params)
+
+
+def test_an_ablation_reruns_only_the_stages_downstream_of_it(smoke):
+    repo, _ = smoke
+    out = run("dvc exp run -S '+students.get-p.train.lr=0.001'", repo)
+    assert ran(out) == {"distill@get-p", "evaluate", "figures"}
+    assert json.loads((repo / "results/smoke/train/get-p.json").read_text())["recipe"]["kind"] == "DEQ"
+    assert yaml.safe_load((repo / "params.yaml").read_text())["students"]["get-p"]["train"]["lr"] == 0.001
+
+
+# ------------------------------------------------------------------------------------------------
+# The CIFAR-10 profiles at toy scale
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("profile, network", [("cifar10-uncond", "inception"), ("cifar10-cond", "classifier")])
+def test_the_cifar10_profiles_run_at_toy_scale(tmp_path, monkeypatch, profile, network):
+    """The profile as shipped, shrunk: synthetic images in CIFAR-10's layout, an untrained stand-in
+    for EDM's checkpoint, a few pairs, two steps of GET-T/2 and a ViT, and the evaluation through the
+    Inception road (clean-fid's loader and resize) with a stand-in network in place of the real
+    weights, or with a classifier trained on the images."""
+    import getlib.evaluate as ev
+    from getlib import stages
+    from getlib.config import load_params
+
+    raw = yaml.safe_load((ROOT / "profiles" / f"{profile}.yaml").read_text())
+    condition = raw["conditions"][0]
+    edm = make_edm_repo(tmp_path / "external" / "edm-repo")
+    make_edm_checkpoint(edm, tmp_path / raw["teacher"]["checkpoints"][condition], label_dim=10 * (condition == "cond"))
+    make_cifar10(tmp_path / raw["data"]["root"])
+    (tmp_path / "dvc.yaml").write_text("")
+    raw["features"].update(network=network, epochs=1)
+    monkeypatch.setattr(ev, "INCEPTION_PATH", tmp_path / "inception-2015-12-05.pt")
+    stand_in_inception(ev.INCEPTION_PATH)
+    raw["pairs"].update(num_pairs=8, shard_size=4, batch_size=4, nproc=1)
+    raw["sampler"]["num_steps"] = 2
+    raw["distill"].update(batch_size=4, max_steps=2, log_every=1, sample_every=2, snapshot_every=1, ckpt_every=1,
+                          num_samples=4, num_workers=0, nproc=1)
+    students = {"get-t": "GET-T/2", "vit-s": "ViT-S/2"}
+    raw["students"] = {k: {"model": m, "condition": condition} for k, m in students.items()}
+    raw["evaluate"].update(num_samples=6, seeds=1, batch_size=6, sweep_iterations=[1, 2])
+    raw["figures"]["grid_samples"] = 10
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = load_params(tmp_path / "params.yaml")
+
+    assert stages.prepare_data(p)["image_shape"] == [3, 32, 32]
+    assert stages.make_features(p)["network"] == {"inception": "inception-clean", "classifier": "cifar10-cnn"}[network]
+    assert stages.make_teacher(p, condition)["kind"] == "edm"
+    assert stages.make_pairs(p, condition)["num_pairs"] == 8
+    for key in students:
+        assert stages.distill(p, key)["steps"] == 2
+    rows = stages.evaluate(p)["comparison"]
+    assert {r["source"] for r in rows} == {"real (held-out)", f"teacher ({condition})", *students}
+    assert all(math.isfinite(r["fid"]) for r in rows)
+    assert {Path(f).name for f in stages.make_figures(p)} >= {f"samples-{condition}.png", "fid_vs_iterations.png"}

@@ -146,6 +146,7 @@ class StudentParams:
 class EvaluateParams:
     num_samples: int = 450                # images per FID (the floor uses the same count of held-out images)
     seeds: int = 3                        # disjoint seed ranges per generated source (mean and spread)
+    seed_start: int = 1_000_000_000       # first evaluation seed: apart from the pairs' (training) seeds
     batch_size: int = 500
     sweep_iterations: list = field(default_factory=lambda: [1, 2, 3, 4, 6, 8, 12])
     sweep_solvers: list = field(default_factory=lambda: ["fixed_point_iter", "anderson"])
@@ -166,12 +167,10 @@ class EvaluateParams:
 @dataclass
 class FiguresParams:
     grid_samples: int = 64                # images per sample grid (same seeds for every source)
-    interpolation_steps: int = 10
 
     def check(self, key: str) -> None:
-        for name in ("grid_samples", "interpolation_steps"):
-            if getattr(self, name) < 1:
-                raise ParamsError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.grid_samples < 1:
+            raise ParamsError(f"{key}.grid_samples must be >= 1, got {self.grid_samples}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,6 +286,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         params.train_config(key)       # every student's full training settings are valid now
         if s.condition not in params.conditions:
             raise ParamsError(f"students.{key}.condition {s.condition!r} is not in conditions {params.conditions}")
+    e, pairs = params.evaluate, params.pairs
+    if e.seed_start < pairs.seed_start + pairs.num_pairs and pairs.seed_start < e.seed_start + e.seeds * e.num_samples:
+        raise ParamsError(f"evaluate.seed_start {e.seed_start}: the evaluation seeds overlap the training pairs' seeds "
+                          f"{pairs.seed_start}..{pairs.seed_start + pairs.num_pairs - 1}; students would be scored on "
+                          f"latents they were trained on")
     unused = [c for c in params.conditions if all(s.condition != c for s in params.students.values())]
     if unused:
         raise ParamsError(f"conditions lists {unused}, but no student uses it (it would train a teacher for nothing)")

@@ -245,11 +245,12 @@ def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference:
             held_out: Tensor | None, space: FeatureSpace, workdir: str | Path, n: int,
             seeds: tuple[int, ...] = (0, 1, 2), teacher_shape: tuple[int, int, int] | None = None,
             num_classes: int | None = None, sampler: SamplerConfig = SamplerConfig(), batch_size: int = 500,
-            device: torch.device | str = "cpu") -> list[dict]:
+            device: torch.device | str = "cpu", seed_start: int = 0) -> list[dict]:
     """One row per image source, all scored with n images against the same reference features:
     the real held-out floor (uint8 `held_out`, its first n images), the teacher, then every student;
-    generated sources are sampled with `len(seeds)` disjoint seed ranges and reported as the mean
-    and standard deviation over them."""
+    generated sources are sampled with `len(seeds)` disjoint seed ranges (range k: seed_start + k n
+    onwards; keep them apart from the training pairs' seeds) and reported as the mean and standard
+    deviation over them."""
     workdir = Path(workdir)
     rows = []
     if held_out is not None:
@@ -258,7 +259,7 @@ def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference:
                      "kid": floor["kid"], "n": floor["n"], "n_reference": floor["n_reference"]})
 
     def spread(name: str, nfe: int, make: Callable[[int], Tensor]) -> dict:
-        scores = [score_images(make(seed * n), reference, space, workdir / f"{name.replace('/', '_')}-seed{seed}")
+        scores = [score_images(make(seed_start + seed * n), reference, space, workdir / f"{name.replace('/', '_')}-seed{seed}")
                   for seed in seeds]
         fids, kids = [s["fid"] for s in scores], [s["kid"] for s in scores]
         return {"source": name, "nfe": nfe, "fid": float(np.mean(fids)), "fid_std": float(np.std(fids)),
@@ -273,7 +274,7 @@ def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference:
                                     torch.tensor(1.0, device=device), labels)
         rows.append({**row, "params": sum(p.numel() for p in teacher.parameters()) if isinstance(teacher, nn.Module)
                      else None, "gflops_per_sample": one_call * sampler.nfe / 1e9,
-                     **throughput(lambda: make(0, batch_size), batch_size, device=device)})
+                     **throughput(lambda: make(seed_start, batch_size), batch_size, device=device)})
     for name, model in students.items():
         nfe = model.deq_cfg.eval_f_max_iter if isinstance(model, GET) else 1
         make = lambda off, count=n, m=model: sample_student(m, count, off, batch_size, device)[0]  # noqa: E731
@@ -282,7 +283,7 @@ def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference:
         labels = torch.zeros(1, dtype=torch.long, device=device) if model.cond else None
         rows.append({**row, "params": sum(p.numel() for p in model.parameters()),
                      "gflops_per_sample": flops_per_sample(model.eval(), example, labels) / 1e9,
-                     **throughput(lambda: make(0, batch_size), batch_size, device=device)})
+                     **throughput(lambda: make(seed_start, batch_size), batch_size, device=device)})
     for r in rows:
         r["features"] = space.name
     return rows
@@ -335,7 +336,7 @@ def write_results(rows: list[dict], folder: str | Path, name: str, title: str, n
     cols = list(dict.fromkeys(k for r in rows for k in r))
 
     def fmt(v: object) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+        return f"{v:.4g}" if isinstance(v, float) else "n/a" if v is None else str(v)
 
     text = io.StringIO()
     w = csv.DictWriter(text, fieldnames=cols)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from getlib.features import load_feature_net, split_indices, train_feature_net
 from getlib.io import atomic_save_npz, atomic_write, atomic_write_json, file_sha256
 from getlib.models import GET
 from getlib.pairs import PairSpec, generate_pairs, pair_set_differences, read_manifest, teacher_from_checkpoint
-from getlib.train import TrainConfig, load_student, train
+from getlib.train import TrainConfig, load_student, resumable_changes, train
 
 __all__ = ["prepare_data", "load_data", "make_features", "feature_space", "make_teacher", "load_teacher_of",
            "make_pairs", "distill", "evaluate", "make_figures", "device_of", "Dataset"]
@@ -295,7 +296,6 @@ def distill(p: Params, key: str) -> dict:
 def _drop_stale_run(out: Path, cfg: TrainConfig, nproc: int) -> None:
     """Keep a checkpoint that `train` can resume; remove a run folder left by other settings (DVC
     keeps this output between runs for resuming; a finished run is also in DVC's cache)."""
-    from getlib.train import RESUMABLE_CHANGES
     ckpt = out / "checkpoints" / "latest.pt"
     if not ckpt.exists():
         if out.exists():
@@ -303,7 +303,7 @@ def _drop_stale_run(out: Path, cfg: TrainConfig, nproc: int) -> None:
         return
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]
     want = {**vars(cfg), "pairs": str(Path(cfg.pairs).resolve())}
-    changed = [k for k in want if k not in RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(want[k])]
+    changed = [k for k in want if k not in resumable_changes(cfg) and _norm(saved.get(k)) != _norm(want[k])]
     if changed or saved.get("world_size") != nproc:
         shutil.rmtree(out)
 
@@ -342,7 +342,7 @@ def evaluate(p: Params) -> dict:
             students = students_of(p, condition)
             part = compare(students, teacher.to(device), reference, ds.uint8(ds.held_raw) if i == 0 else None, space,
                            tmp / condition, n, seeds, ds.shape, ds.num_classes if condition == "cond" else None,
-                           p.sampler, e.batch_size, device)
+                           p.sampler, e.batch_size, device, e.seed_start)
             for r in part:
                 r["condition"] = "-" if r["source"].startswith("real") else condition
                 r["kind"] = ("real" if r["source"].startswith("real") else "teacher" if r["source"] == "teacher"
@@ -353,12 +353,12 @@ def evaluate(p: Params) -> dict:
             for key, model in students.items():
                 if isinstance(model, GET):
                     for r in iteration_sweep(model, reference, space, tmp / condition / f"sweep-{key}", n,
-                                             tuple(e.sweep_iterations), tuple(e.sweep_solvers), 0, e.batch_size,
-                                             device):
+                                             tuple(e.sweep_iterations), tuple(e.sweep_solvers), e.seed_start,
+                                             e.batch_size, device):
                         sweep.append({"student": key, **r})
                 for snap in sorted(p.work("students", key, "snapshots").glob("step-*.pt")):
                     step = int(snap.stem.split("-")[1])
-                    images, _ = sample_student(load_student(snap), n, 0, e.batch_size, device)
+                    images, _ = sample_student(load_student(snap), n, e.seed_start, e.batch_size, device)
                     s = score_images(images, reference, space, tmp / condition / f"curve-{key}-{step}")
                     curve.append({"student": key, "step": step, "images_seen": step * p.train_config(key).batch_size,
                                   "fid": s["fid"], "kid": s["kid"], "n": s["n"], "features": s["features"]})
@@ -374,9 +374,10 @@ def evaluate(p: Params) -> dict:
         write_results(sweep, folder, "iterations", "FID against inference iterations (test-time compute)",
                       note)
     if curve:
-        write_results(curve, folder, "training", "FID against training steps (EMA snapshots, seed range 0)",
+        write_results(curve, folder, "training", "FID against training steps (EMA snapshots, the first evaluation seed range)",
                       note)
-    metrics = {r["source"]: {"fid": r["fid"], "fid_std": r["fid_std"], "kid": r["kid"]} for r in rows}
+    metrics = {re.sub(r"[^a-z0-9-]+", "_", r["source"].lower()).strip("_"):   # 'teacher (uncond)' -> teacher_uncond
+               {"fid": r["fid"], "fid_std": r["fid_std"], "kid": r["kid"]} for r in rows}
     atomic_write_json(p.results("metrics.json"), {"features": space.name, "num_samples": n, **metrics})
     return {"comparison": rows, "iterations": sweep, "training": curve}
 
@@ -399,12 +400,13 @@ def make_figures(p: Params) -> list[Path]:
     for condition in p.conditions:
         # the same seeds, so the same latents (and labels), for the teacher and every student
         classes = ds.num_classes if condition == "cond" else None
+        first = p.evaluate.seed_start     # evaluation seeds: latents no student was trained on
         if classes:   # one row per class: seeds whose label is that class
-            _, labels = latents_for_seeds(range(40 * n), ds.shape, classes)
+            _, labels = latents_for_seeds(range(first, first + 40 * n), ds.shape, classes)
             per = max(1, n // classes)
-            seeds = [s for c in range(classes) for s in (labels == c).nonzero().flatten()[:per].tolist()]
+            seeds = [first + s for c in range(classes) for s in (labels == c).nonzero().flatten()[:per].tolist()]
         else:
-            seeds, per = list(range(n)), None
+            seeds, per = list(range(first, first + n)), None
         teacher, _ = load_teacher_of(p, condition)
         panels = {f"teacher ({p.sampler.nfe} NFE)": torch.cat([
             sample_teacher(teacher.to(device), 1, ds.shape, classes, s, 1, p.sampler, device) for s in seeds])}

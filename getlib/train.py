@@ -42,7 +42,7 @@ from getlib.io import atomic_torch_save, atomic_write, atomic_write_json
 from getlib.models import GET, ViT_models, build_model, count_params
 from getlib.pairs import PairDataset
 
-__all__ = ["TrainConfig", "train", "load_student", "TrainingDiverged", "main"]
+__all__ = ["TrainConfig", "train", "load_student", "TrainingDiverged", "learning_rate", "resumable_changes", "main"]
 
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 # Settings a resumed run may change; any other difference from the checkpoint is refused.
@@ -64,6 +64,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0                 # linear learning-rate warm-up
+    lr_schedule: str = "constant"         # 'constant' (the paper's) | 'cosine': to 0 at max_steps after the warm-up
     grad_clip: float | None = None        # max gradient norm
     ema_decay: float = 0.9999             # per-step EMA decay (the paper's) ...
     ema_halflife_images: float | None = None   # ... or a half-life in images (overrides ema_decay)
@@ -97,6 +98,8 @@ class TrainConfig:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
         if self.snapshot_every is not None and self.snapshot_every < 1:
             raise ValueError(f"snapshot_every must be a positive integer or null, got {self.snapshot_every!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         DEQConfig.from_dict(self.deq)  # names an unknown or bad DEQ setting now
@@ -202,10 +205,24 @@ def _checkpoint_path(out: Path) -> Path:
     return out / "checkpoints" / "latest.pt"
 
 
+def resumable_changes(cfg: TrainConfig) -> set[str]:
+    """Settings a run resumed with `cfg` may change (a cosine schedule is tied to its max_steps)."""
+    return RESUMABLE_CHANGES - ({"max_steps"} if cfg.lr_schedule == "cosine" else set())
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of step `step` (0-based): linear warm-up, then constant or cosine to 0."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.lr_schedule == "cosine":
+        progress = max(0, step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * warm
+
+
 def _check_resumable(saved: dict, cfg: TrainConfig, world: int, path: Path) -> None:
     now = {**dataclasses.asdict(cfg), "pairs": str(Path(cfg.pairs).resolve()), "world_size": world}
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-             if k not in RESUMABLE_CHANGES and _jsonable(saved.get(k)) != _jsonable(now[k])]
+             if k not in resumable_changes(cfg) and _jsonable(saved.get(k)) != _jsonable(now[k])]
     if diffs:
         raise ValueError(f"{path} was trained with other settings ({'; '.join(diffs)}); "
                          f"use another out folder or delete it to start over")
@@ -298,7 +315,7 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
         latent, image = latent.to(device, non_blocking=True), image.to(device, non_blocking=True)
         label = label.to(device) if cfg.cond else None
         kw = {"z0": z0.to(device, non_blocking=True)} if z0_shape else {}
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        lr = learning_rate(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):

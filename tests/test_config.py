@@ -84,6 +84,7 @@ def write(tmp_path, edit):
     (lambda r: r.update(conditions=["uncond"]), "students.get-p-cond.condition"),
     (lambda r: r["evaluate"].update(sweep_solvers=["broyden"]), "evaluate.sweep_solvers"),
     (lambda r: r["data"].update(dataset="mnist"), "data.dataset"),
+    (lambda r: r["evaluate"].update(seed_start=100), "evaluate.seed_start"),
     (lambda r: r["features"].update(network="inception"), "features.network"),
 ])
 def test_a_broken_file_names_the_key(tmp_path, edit, key):

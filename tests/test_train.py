@@ -1,5 +1,6 @@
 """The distillation loop: it learns, resumes bit for bit, matches across DDP ranks, refuses bad settings."""
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -170,3 +171,16 @@ def test_cli_help_documents_every_setting(capsys):
     text = capsys.readouterr().out
     for name in ("--pairs", "--out", "--model", "--deq", "--ema_halflife_images", "--time_budget_s", "torchrun"):
         assert name in text
+
+
+def test_learning_rate_schedules():
+    from getlib.train import learning_rate, resumable_changes
+    const = TrainConfig(pairs="-", out="-", lr=1e-3, warmup_steps=10, max_steps=110)
+    assert [learning_rate(const, s) for s in (0, 4, 9, 50, 109)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    cos = TrainConfig(pairs="-", out="-", lr=1e-3, warmup_steps=10, max_steps=110, lr_schedule="cosine")
+    assert learning_rate(cos, 9) == pytest.approx(1e-3)
+    assert learning_rate(cos, 60) == pytest.approx(0.5e-3)          # half way through the decay
+    assert learning_rate(cos, 109) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert "max_steps" in resumable_changes(const) and "max_steps" not in resumable_changes(cos)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(pairs="-", out="-", lr_schedule="step")

@@ -34,7 +34,7 @@ from getlib.models import GET
 __all__ = ["FeatureSpace", "digits_feature_space", "inception_feature_space", "INCEPTION_PATH", "INCEPTION_URL",
            "sample_student", "sample_teacher", "write_images", "folder_features", "fid_kid", "score_images",
            "iteration_sweep", "compare", "cifar10_reference", "inception_score",
-           "flops_per_sample", "throughput", "write_results"]
+           "flops_per_sample", "training_cost", "throughput", "write_results"]
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 INCEPTION_PATH = Path("/tmp/inception-2015-12-05.pt")   # where clean-fid looks for (and downloads) it
@@ -308,6 +308,45 @@ def flops_per_sample(model: nn.Module | Callable[[Tensor], Tensor], example: Ten
     with counter:
         model(example, *args, **kwargs)
     return int(counter.get_total_flops())
+
+
+def training_cost(student: nn.Module, loss: str = "l1", gamma: float = 0.8) -> dict:
+    """One training step of a model built like `student` (its own DEQ recipe), on one image:
+    FLOPs of forward + backward (torch.utils.flop_counter) and the activation memory autograd keeps
+    for backward (KiB); for GET also that memory in the memory-efficient (checkpointed) mode."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from getlib.deq import fp_correction
+    from getlib.train import LOSSES
+
+    def one_step(model: nn.Module) -> tuple[int, float]:
+        model = model.train().requires_grad_(True)
+        x = torch.zeros(1, model.in_channels, model.input_size, model.input_size)
+        labels = torch.zeros(1, dtype=torch.long) if model.cond else None
+        saved = [0]
+
+        def pack(t: Tensor) -> Tensor:
+            if not isinstance(t, nn.Parameter):
+                saved[0] += t.numel() * t.element_size()
+            return t
+
+        counter = FlopCounterMode(display=False)
+        with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x, labels)
+            preds = out if isinstance(out, list) else [out]
+            total, _ = fp_correction(LOSSES[loss], preds, torch.zeros_like(x), gamma)
+            total.backward()
+        return int(counter.get_total_flops()), saved[0] / 1024
+
+    flops, kib = one_step(copy.deepcopy(student))
+    cost = {"train_gflops_per_image": flops / 1e9, "activations_kib_per_image": kib}
+    if isinstance(student, GET):
+        efficient = copy.deepcopy(student)
+        efficient.deq_cfg = efficient.deq_cfg.replace(memory_efficient=True)
+        cost["activations_kib_per_image_memory_efficient"] = one_step(efficient)[1]
+    return cost
 
 
 def throughput(fn: Callable[[], object], batch: int, repeats: int = 3, device: torch.device | str = "cpu") -> dict:

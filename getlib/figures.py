@@ -11,7 +11,8 @@ from torch import Tensor
 from getlib.data import to_uint8
 from getlib.io import atomic_write
 
-__all__ = ["image_grid", "grid_image", "save_grid", "sample_panels", "line_plot", "iterations_plot"]
+__all__ = ["image_grid", "grid_image", "save_grid", "sample_panels", "line_plot", "iterations_plot", "image_rows",
+           "scatter_plot", "bar_panels"]
 
 
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1) -> np.ndarray:
@@ -112,4 +113,56 @@ def iterations_plot(rows: list[dict], path: str | Path, title: str = "") -> Path
     lines = ax.get_legend_handles_labels()
     more = res.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
+    return _save(fig, path)
+
+
+def image_rows(rows: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
+    """One labelled row of images (model space) per source, e.g. an interpolation per model."""
+    fig, axes = _figure(len(rows), 1, figsize=(1.0 + 0.55 * max(len(v) for v in rows.values()), 0.9 * len(rows) + 0.6),
+                        squeeze=False)
+    for ax, (name, images) in zip(axes[:, 0], rows.items()):
+        grid = image_grid(images, nrow=len(images), scale=4)
+        ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def scatter_plot(groups: dict[str, tuple[list, list, list]], path: str | Path, xlabel: str, ylabel: str,
+                 title: str = "", logx: bool = True, hlines: dict[str, float] | None = None) -> Path:
+    """Points (x, y) with a text label each, one colour and line per group (e.g. GET and ViT)."""
+    fig, ax = _figure(figsize=(5.5, 3.8))
+    for i, (name, (xs, ys, labels)) in enumerate(groups.items()):
+        order = sorted(range(len(xs)), key=lambda k: xs[k])
+        ax.plot([xs[k] for k in order], [ys[k] for k in order], marker="o", color=f"C{i}", label=name)
+        for x, y, label in zip(xs, ys, labels):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for i, (name, y) in enumerate((hlines or {}).items()):
+        ax.axhline(y, ls="--", lw=1, color=f"C{len(groups) + i}", label=name)
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def bar_panels(panels: dict[str, dict[str, float]], path: str | Path, title: str = "") -> Path:
+    """Side-by-side bar charts: panel title (with its unit) -> {bar label: value}."""
+    fig, axes = _figure(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (name, bars) in zip(axes[0], panels.items()):
+        ax.bar(range(len(bars)), list(bars.values()), color=[f"C{i}" for i in range(len(bars))])
+        ax.set_xticks(range(len(bars)), list(bars), rotation=30, ha="right", fontsize=8)
+        ax.set_title(name, fontsize=9)
+        values = [v for v in bars.values() if v > 0]
+        if values and max(values) / min(values) > 20:   # log only where the bars span orders of magnitude
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3, axis="y")
+        for i, v in enumerate(bars.values()):
+            ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)

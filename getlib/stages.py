@@ -9,7 +9,9 @@ distillation stages resume an interrupted run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -27,8 +29,8 @@ from torch import Tensor, nn
 from getlib import data as datasets
 from getlib.config import Params, ParamsError
 from getlib.evaluate import (FeatureSpace, compare, digits_feature_space, folder_features, inception_feature_space,
-                             iteration_sweep, sample_student, score_images, write_images,
-                             write_results)
+                             iteration_sweep, sample_student, score_images, training_cost,
+                             write_images, write_results)
 from getlib.features import load_feature_net, split_indices, train_feature_net
 from getlib.io import atomic_save_npz, atomic_write, atomic_write_json, file_sha256
 from getlib.models import GET
@@ -365,7 +367,11 @@ def evaluate(p: Params) -> dict:
     for r in rows:
         key = r["source"]
         if key in p.students:
+            cfg = p.train_config(key)
             r["model"] = p.students[key].model
+            r.update(training_cost(load_student(p.work("students", key, "student.pt")), cfg.loss, cfg.gamma))
+            r["train_steps"], r["batch_size"] = cfg.max_steps, cfg.batch_size
+            r["train_pflops"] = r["train_gflops_per_image"] * cfg.max_steps * cfg.batch_size / 1e6
     note = (f"FID/KID in the {space.name} feature space, {n} images per source against {len(reference)} "
             f"reference images; generated sources: mean and spread over {len(seeds)} disjoint seed ranges.")
     folder = p.results("evaluation")
@@ -388,54 +394,187 @@ def evaluate(p: Params) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 def make_figures(p: Params) -> list[Path]:
-    """The figures of results/<profile>/ from the evaluation's tables and the trained models."""
+    """The paper's story for this profile, in results/<profile>/: the tables (tables/*.md, .csv,
+    .json) and the figures (figures/*.png), from the evaluation's results and the trained models."""
+    comparison = _read_json(p.results("evaluation", "comparison.json"))
+    written = _tables(p, comparison)
+    written += _sample_figures(p)
+    written += _curve_figures(p, comparison)
+    return written
+
+
+# The tables ---------------------------------------------------------------------------------------
+
+def _tables(p: Params, comparison: list[dict]) -> list[Path]:
+    from getlib.paper import REPORTED
+
+    folder = p.results("tables")
+    features = comparison[0]["features"]
+    note = (f"Measured here: FID/KID in the {features} feature space, {p.evaluate.num_samples} images per source, "
+            f"mean and spread over {p.evaluate.seeds} seed ranges; images/s on this machine "
+            f"({device_of(p.evaluate.device).type}).")
+    one_step = [{"source": r["source"], "kind": r["kind"], "condition": r["condition"], "nfe": r["nfe"],
+                 "fid": r["fid"], "fid_std": r["fid_std"], "kid": r["kid"], "params": r.get("params"),
+                 "gflops_per_sample": r.get("gflops_per_sample"), "images_per_s": r.get("images_per_s"),
+                 "result": "measured"} for r in comparison]
+    if p.data.dataset == "cifar10":   # the paper's own numbers, as separate rows
+        note += " Rows marked 'reported' are the paper's CIFAR-10 numbers (pytorch-gan-metrics FID), not ours."
+        for condition in p.conditions:
+            one_step += [{"source": name, "kind": "reported", "condition": condition, "nfe": nfe, "fid": fid,
+                          "fid_std": None, "kid": None, "params": None if m is None else int(m * 1e6),
+                          "gflops_per_sample": None, "images_per_s": None, "result": "reported"}
+                         for name, _, m, fid, _, nfe in REPORTED[condition]]
+    write_results(one_step, folder, "one_step", "One-step generation against the teacher", note)
+
+    pairs = []   # GET against ViTs of the same condition: the closest in size, and the one closest to 5x
+    students = [r for r in comparison if r["kind"] in ("GET", "ViT")]
+    for get in (r for r in students if r["kind"] == "GET"):
+        vits = [r for r in students if r["kind"] == "ViT" and r["condition"] == get["condition"]]
+        for relation, target in (("matched size", 1.0), ("~5x size", 5.0)):
+            if not vits:
+                continue
+            vit = min(vits, key=lambda v: abs(math.log(v["params"] / get["params"] / target)))
+            if relation == "~5x size" and abs(math.log(vit["params"] / get["params"] / 5)) > math.log(2):
+                continue   # no ViT within 2.5x..10x of this GET in the profile
+            pairs.append({"get": get["source"], "get_params": get["params"], "get_fid": get["fid"],
+                          "get_train_pflops": get["train_pflops"], "vit": vit["source"], "relation": relation,
+                          "vit_params": vit["params"], "vit_fid": vit["fid"], "vit_train_pflops": vit["train_pflops"],
+                          "params_ratio": vit["params"] / get["params"], "fid_ratio": get["fid"] / vit["fid"],
+                          "sampling_gflops_ratio": vit["gflops_per_sample"] / get["gflops_per_sample"]})
+    write_results(pairs, folder, "get_vs_vit", "GET against ViTs: FID at matched and at ~5x parameters",
+                  note + " Training compute: FLOPs of one training step per image x steps x batch.")
+
+    bench = []
+    for r in students:
+        teacher = next(t for t in comparison if t["kind"] == "teacher" and t["condition"] == r["condition"])
+        manifest = read_manifest(p.work("pairs", r["condition"]), verify=False)
+        bench.append({"student": r["source"], "model": r["model"], "images_per_s": r["images_per_s"],
+                      "teacher_images_per_s": teacher["images_per_s"],
+                      "speedup_vs_teacher": r["images_per_s"] / teacher["images_per_s"],
+                      "train_activations_kib_per_image": r["activations_kib_per_image"],
+                      "memory_efficient_kib_per_image": r.get("activations_kib_per_image_memory_efficient"),
+                      "bytes_per_pair": manifest["bytes_per_pair"],
+                      "bytes_per_pair_released_format": manifest["bytes_per_pair"] / manifest["bytes_per_pair_vs_released"]})
+    write_results(bench, folder, "benchmarks", "Sampling speed, training memory and pair storage",
+                  "Same machine, same run. Training memory: activations autograd keeps for backward in one step "
+                  "(per image), plain against the DEQ's memory-efficient (checkpointed) mode. Pair storage: "
+                  "ours (latents regenerated from seeds) against the authors' released format.")
+    return [folder / f"{name}.md" for name in ("one_step", "get_vs_vit", "benchmarks")]
+
+
+# The figures --------------------------------------------------------------------------------------
+
+def _grid_seeds(p: Params, classes: int | None, n: int) -> tuple[list[int], int | None]:
+    """Evaluation seeds (latents no student was trained on); class-conditional: `n // classes`
+    seeds per class, in class order."""
     from getlib.edm import latents_for_seeds
+    first = p.evaluate.seed_start
+    if not classes:
+        return list(range(first, first + n)), None
+    shape = load_data(p).shape
+    _, labels = latents_for_seeds(range(first, first + 40 * n), shape, classes)
+    per = max(1, n // classes)
+    return [first + s for c in range(classes) for s in (labels == c).nonzero().flatten()[:per].tolist()], per
+
+
+def _sample_figures(p: Params) -> list[Path]:
+    from getlib.edm import edm_sampler, latents_for_seeds
     from getlib.evaluate import sample_teacher
-    from getlib.figures import iterations_plot, line_plot, sample_panels
+    from getlib.figures import image_rows, sample_panels
 
     ds = load_data(p)
     device = device_of(p.evaluate.device)
     written = []
-    n = p.figures.grid_samples
     for condition in p.conditions:
-        # the same seeds, so the same latents (and labels), for the teacher and every student
         classes = ds.num_classes if condition == "cond" else None
-        first = p.evaluate.seed_start     # evaluation seeds: latents no student was trained on
-        if classes:   # one row per class: seeds whose label is that class
-            _, labels = latents_for_seeds(range(first, first + 40 * n), ds.shape, classes)
-            per = max(1, n // classes)
-            seeds = [first + s for c in range(classes) for s in (labels == c).nonzero().flatten()[:per].tolist()]
-        else:
-            seeds, per = list(range(first, first + n)), None
+        seeds, per = _grid_seeds(p, classes, p.figures.grid_samples)
         teacher, _ = load_teacher_of(p, condition)
+        teacher = teacher.to(device)
+        students = students_of(p, condition)
+        # the same seeds, so the same latents (and labels), through the teacher and every student
         panels = {f"teacher ({p.sampler.nfe} NFE)": torch.cat([
-            sample_teacher(teacher.to(device), 1, ds.shape, classes, s, 1, p.sampler, device) for s in seeds])}
-        for key, model in students_of(p, condition).items():
-            images = torch.cat([sample_student(model, 1, s, 1, device)[0] for s in seeds])
-            panels[f"{key}: {p.students[key].model} (1 step)"] = images
+            sample_teacher(teacher, 1, ds.shape, classes, s, 1, p.sampler, device) for s in seeds])}
+        for key, model in students.items():
+            panels[f"{key}: {p.students[key].model} (1 step)"] = torch.cat(
+                [sample_student(model, 1, s, 1, device)[0] for s in seeds])
         panels = {k: v.float() / 127.5 - 1 for k, v in panels.items()}
         written.append(sample_panels(panels, p.results("figures", f"samples-{condition}.png"), nrow=per or None,
                                      title=f"{condition}: the same latents through the teacher and each student"
                                      + (" (one row per class)" if classes else "")))
+        # spherical interpolation between two latents (one label, for conditional models)
+        (e0, e1), labels = latents_for_seeds(seeds[:2], ds.shape, classes)
+        t = torch.linspace(0, 1, 9)
+        latents = _slerp(e0, e1, t)
+        y = None if labels is None else labels[:1].expand(len(t)).to(device)
+        rows = {f"teacher ({p.sampler.nfe} NFE)": edm_sampler(teacher, latents.to(device), y,
+                                                             **dataclasses.asdict(p.sampler)).float().cpu()}
+        for key, model in students.items():
+            kw = {"z0": torch.randn(1, model.grid ** 2, model.hidden_size, generator=torch.Generator().manual_seed(0)
+                                    ).expand(len(t), -1, -1).to(device)} if isinstance(model, GET) else {}
+            with torch.no_grad():
+                rows[f"{key} (1 step)"] = model.to(device).eval()(latents.to(device), y, **kw).float().cpu()
+        written.append(image_rows(rows, p.results("figures", f"interpolation-{condition}.png"),
+                                  f"{condition}: spherical interpolation between two latents (left to right)"))
+    return written
+
+
+def _slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation between latents a and b at fractions t: (len(t), *a.shape)."""
+    cos = (a.flatten() @ b.flatten()) / (a.norm() * b.norm())
+    theta = torch.arccos(cos.clamp(-1, 1))
+    w0 = torch.sin((1 - t) * theta) / torch.sin(theta)
+    w1 = torch.sin(t * theta) / torch.sin(theta)
+    return w0.view(-1, *[1] * a.ndim) * a + w1.view(-1, *[1] * a.ndim) * b
+
+
+def _curve_figures(p: Params, comparison: list[dict]) -> list[Path]:
+    from getlib.figures import bar_panels, iterations_plot, line_plot, scatter_plot
+
+    features = comparison[0]["features"]
+    floors = {r["source"]: r["fid"] for r in comparison if r["kind"] in ("real", "teacher")}
+    written = []
     loss = {}
     for key in p.students:
         log = _read_csv(p.results("train", f"{key}.csv"))
         loss[key] = ([int(r["step"]) for r in log], [float(r["loss"]) for r in log])
-    written.append(line_plot(loss, p.results("figures", "training_loss.png"), "training step", "distillation loss",
-                             "Training loss", logy=True))
+    written.append(line_plot(loss, p.results("figures", "training_loss.png"), "training step",
+                             "distillation loss (L1, summed over supervised states)", "Training loss", logy=True))
     curve = _read_json(p.results("evaluation", "training.json"))
     if curve:
-        series = {key: ([r["step"] for r in curve if r["student"] == key], [r["fid"] for r in curve if r["student"] == key])
-                  for key in dict.fromkeys(r["student"] for r in curve)}
-        comparison = _read_json(p.results("evaluation", "comparison.json"))
-        lines = {r["source"]: r["fid"] for r in comparison if r["kind"] in ("real", "teacher")}
-        written.append(line_plot(series, p.results("figures", "fid_vs_steps.png"), "training step", "FID",
-                                 f"FID against training steps ({comparison[0]['features']} features)", logy=True,
-                                 hlines=lines))
+        rows = {r["source"]: r for r in comparison}
+        keys = list(dict.fromkeys(r["student"] for r in curve))
+        steps = {k: [r["step"] for r in curve if r["student"] == k] for k in keys}
+        fids = {k: [r["fid"] for r in curve if r["student"] == k] for k in keys}
+        written.append(line_plot({k: (steps[k], fids[k]) for k in keys}, p.results("figures", "fid_vs_steps.png"),
+                                 "training step", f"FID ({features})", "FID against training iterations",
+                                 logy=True, hlines=floors))
+        per_image = {k: rows[k]["train_gflops_per_image"] * p.train_config(k).batch_size / 1e6 for k in keys}
+        written.append(line_plot({k: ([s * per_image[k] for s in steps[k]], fids[k]) for k in keys},
+                                 p.results("figures", "fid_vs_training_flops.png"), "training compute (PFLOPs)",
+                                 f"FID ({features})", "FID against training compute", logy=True, logx=True,
+                                 hlines=floors))
+    students = [r for r in comparison if r["kind"] in ("GET", "ViT")]
+    groups = {}
+    for kind in ("GET", "ViT"):
+        rows = [r for r in students if r["kind"] == kind]
+        if rows:
+            groups[kind] = ([r["params"] for r in rows], [r["fid"] for r in rows], [r["source"] for r in rows])
+    written.append(scatter_plot(groups, p.results("figures", "fid_vs_params.png"), "parameters", f"FID ({features})",
+                                "FID against model size", hlines=floors))
     sweep = _read_json(p.results("evaluation", "iterations.json"))
     if sweep:
         written.append(iterations_plot(sweep, p.results("figures", "fid_vs_iterations.png"),
                                        "GET: FID and residual against inference iterations"))
+    bench = _read_json(p.results("tables", "benchmarks.json"))
+    speed = {r["source"]: r["images_per_s"] for r in comparison if r.get("images_per_s")}
+    memory = {}
+    for r in bench:
+        memory[f"{r['student']} plain"] = r["train_activations_kib_per_image"]
+        if r["memory_efficient_kib_per_image"] is not None:
+            memory[f"{r['student']} memory-efficient"] = r["memory_efficient_kib_per_image"]
+    written.append(bar_panels({"sampling speed (images/s, this machine)": speed,
+                               "training activations (KiB per image)": memory},
+                              p.results("figures", "speed_and_memory.png"), "Speed and memory"))
     return written
 
 

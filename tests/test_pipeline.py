@@ -18,6 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+FIGURES = ["samples-uncond.png", "samples-cond.png", "interpolation-uncond.png", "interpolation-cond.png",
+           "training_loss.png", "fid_vs_steps.png", "fid_vs_training_flops.png", "fid_vs_params.png",
+           "fid_vs_iterations.png", "speed_and_memory.png"]
+TABLES = {
+    "one_step": ["source", "nfe", "fid", "fid_std", "kid", "params", "gflops_per_sample", "images_per_s"],
+    "get_vs_vit": ["get", "vit", "relation", "get_params", "vit_params", "get_fid", "vit_fid", "get_train_pflops",
+                   "vit_train_pflops", "params_ratio"],
+    "benchmarks": ["student", "images_per_s", "teacher_images_per_s", "speedup_vs_teacher",
+                   "train_activations_kib_per_image", "memory_efficient_kib_per_image", "bytes_per_pair",
+                   "bytes_per_pair_released_format"],
+}
+
+
 def run(cmd, cwd, check=True):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=True)
@@ -59,9 +72,15 @@ def test_smoke_repro_runs_every_stage_and_writes_every_result(smoke):
     assert [r["source"] for r in rows] == ["real (held-out)", "teacher (uncond)", "get-p", "vit-p",
                                            "teacher (cond)", "get-p-cond"]
     assert all(math.isfinite(r["fid"]) and r["n"] == 100 for r in rows)
-    for name in ["samples-uncond.png", "samples-cond.png", "training_loss.png", "fid_vs_steps.png",
-                 "fid_vs_iterations.png"]:
+    for name in FIGURES:
         assert (results / "figures" / name).stat().st_size > 1000, name
+    for name, columns in TABLES.items():
+        rows = json.loads((results / "tables" / f"{name}.json").read_text())
+        assert rows and (results / "tables" / f"{name}.md").exists() and (results / "tables" / f"{name}.csv").exists()
+        for r in rows:
+            assert set(columns) <= set(r), (name, set(columns) - set(r))
+            assert all(math.isfinite(r[c]) for c in columns if isinstance(r[c], float)), (name, r)
+            assert all(r[c] is not None for c in columns if c != "memory_efficient_kib_per_image"), (name, r)
     metrics = json.loads((results / "metrics.json").read_text())
     assert metrics["features"] == "digits-cnn" and {"real_held-out", "teacher_uncond", "get-p"} <= set(metrics)
 
@@ -141,4 +160,9 @@ def test_the_cifar10_profiles_run_at_toy_scale(tmp_path, monkeypatch, profile, n
     rows = stages.evaluate(p)["comparison"]
     assert {r["source"] for r in rows} == {"real (held-out)", f"teacher ({condition})", *students}
     assert all(math.isfinite(r["fid"]) for r in rows)
-    assert {Path(f).name for f in stages.make_figures(p)} >= {f"samples-{condition}.png", "fid_vs_iterations.png"}
+    written = {Path(f).name for f in stages.make_figures(p)}
+    assert written >= {f"samples-{condition}.png", f"interpolation-{condition}.png", "fid_vs_iterations.png",
+                       "one_step.md", "get_vs_vit.md", "benchmarks.md"}
+    one_step = json.loads((tmp_path / "results" / profile / "tables" / "one_step.json").read_text())
+    reported = [r for r in one_step if r["result"] == "reported"]
+    assert reported and all(r["condition"] == condition for r in reported)   # the paper's numbers, marked

@@ -182,10 +182,18 @@ def _unit_scale(feats: np.ndarray) -> np.ndarray:
 
 
 def fid_kid(feats: np.ndarray, reference: np.ndarray) -> dict:
-    """FID (clean-fid's fid_from_feats) and KID (its kernel_distance, on unit-scaled features)."""
+    """FID (clean-fid's fid_from_feats) and KID (its kernel_distance, on unit-scaled features).
+
+    kernel_distance averages over random subsets drawn from numpy's global generator: it is seeded
+    here (and the caller's state restored) so that the same images always give the same KID."""
     from cleanfid.fid import fid_from_feats, kernel_distance
-    return {"fid": float(fid_from_feats(feats, reference)),
-            "kid": float(kernel_distance(_unit_scale(feats), _unit_scale(reference))),
+    state = np.random.get_state()
+    try:
+        np.random.seed(0)
+        kid = float(kernel_distance(_unit_scale(feats), _unit_scale(reference)))
+    finally:
+        np.random.set_state(state)
+    return {"fid": float(fid_from_feats(feats, reference)), "kid": kid,
             "n": int(len(feats)), "n_reference": int(len(reference))}
 
 

@@ -79,6 +79,9 @@ class TeacherParams:
 
     def check(self, key: str) -> None:
         _one_of(f"{key}.source", self.source, ("train", "checkpoint"))
+        if self.source == "checkpoint" and not self.edm_repo:
+            raise ParamsError(f"{key}.edm_repo must name a clone of github.com/NVlabs/edm for source checkpoint "
+                              f"(its pickles import EDM's code)")
         unknown = sorted(set(self.checkpoints) - set(CONDITIONS))
         if unknown:
             raise ParamsError(f"{key}.checkpoints: unknown condition(s) {unknown}; allowed: {list(CONDITIONS)}")

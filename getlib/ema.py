@@ -20,6 +20,6 @@ def ema_beta(images_seen: int, batch_size: int, halflife_images: float, rampup_r
 def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """ema <- beta * ema + (1 - beta) * model, for every trainable parameter (frozen ones, like the
     sin-cos positions, are equal in both and left alone)."""
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        if p.requires_grad:
-            p_ema.lerp_(p.detach(), 1.0 - beta)
+    pairs = [(p_ema, p.detach()) for p_ema, p in zip(ema.parameters(), model.parameters()) if p.requires_grad]
+    if pairs:
+        torch._foreach_lerp_(*map(list, zip(*pairs)), 1.0 - beta)  # one fused call, not one per tensor

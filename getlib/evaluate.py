@@ -228,8 +228,14 @@ def cifar10_reference(root: str | Path, split: str, space: FeatureSpace, workdir
 
 
 def score_images(images: Tensor, reference: np.ndarray, space: FeatureSpace, folder: str | Path) -> dict:
-    """Write uint8 `images` as PNGs into `folder` (new) and score them against reference features."""
-    return {**fid_kid(folder_features(write_images(images, folder), space), reference), "features": space.name}
+    """Write uint8 `images` as PNGs into `folder` (new) and score them against reference features;
+    with a feature space that has class probabilities (Inception), also the Inception Score."""
+    folder = write_images(images, folder)
+    scores = {**fid_kid(folder_features(folder, space), reference), "features": space.name}
+    if space.class_probabilities is not None:
+        inception = inception_score(folder, space)
+        scores.update({"is": inception["is"], "is_std": inception["is_std"]})
+    return scores
 
 
 def iteration_sweep(model: GET, reference: np.ndarray, space: FeatureSpace, workdir: str | Path, n: int,
@@ -264,14 +270,18 @@ def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference:
     if held_out is not None:
         floor = score_images(held_out[:n], reference, space, workdir / "real-held-out")
         rows.append({"source": "real (held-out)", "nfe": 0, "fid": floor["fid"], "fid_std": 0.0,
-                     "kid": floor["kid"], "n": floor["n"], "n_reference": floor["n_reference"]})
+                     "kid": floor["kid"], "n": floor["n"], "n_reference": floor["n_reference"],
+                     **({"is": floor["is"]} if "is" in floor else {})})
 
     def spread(name: str, nfe: int, make: Callable[[int], Tensor]) -> dict:
         scores = [score_images(make(seed_start + seed * n), reference, space, workdir / f"{name.replace('/', '_')}-seed{seed}")
                   for seed in seeds]
         fids, kids = [s["fid"] for s in scores], [s["kid"] for s in scores]
-        return {"source": name, "nfe": nfe, "fid": float(np.mean(fids)), "fid_std": float(np.std(fids)),
-                "kid": float(np.mean(kids)), "n": n, "n_reference": len(reference), "seeds": len(seeds)}
+        row = {"source": name, "nfe": nfe, "fid": float(np.mean(fids)), "fid_std": float(np.std(fids)),
+               "kid": float(np.mean(kids)), "n": n, "n_reference": len(reference), "seeds": len(seeds)}
+        if "is" in scores[0]:
+            row["is"] = float(np.mean([s["is"] for s in scores]))
+        return row
 
     if teacher is not None:
         make = lambda off, count=n: sample_teacher(  # noqa: E731
@@ -331,8 +341,9 @@ def training_cost(student: nn.Module, loss: str = "l1", gamma: float = 0.8) -> d
 
     def one_step(model: nn.Module) -> tuple[int, float]:
         model = model.train().requires_grad_(True)
-        x = torch.zeros(1, model.in_channels, model.input_size, model.input_size)
-        labels = torch.zeros(1, dtype=torch.long) if model.cond else None
+        device = next(model.parameters()).device
+        x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=device)
+        labels = torch.zeros(1, dtype=torch.long, device=device) if model.cond else None
         saved = [0]
 
         def pack(t: Tensor) -> Tensor:

@@ -197,8 +197,6 @@ def make_teacher(p: Params, condition: str, log=None) -> dict:
     from getlib.teacher import TeacherConfig, train_teacher
     if p.teacher.source == "checkpoint":
         src = p.teacher.checkpoint(condition, p.root)
-        if not p.teacher.edm_repo:
-            raise ParamsError("teacher.edm_repo must name a clone of github.com/NVlabs/edm for source checkpoint")
         folder = _mkdir(p.work("teacher", condition))
         dst = folder / src.name
         tmp = folder / f".{src.name}.tmp"
@@ -336,12 +334,13 @@ def evaluate(p: Params) -> dict:
     e = p.evaluate
     n = e.num_samples
     seeds = tuple(range(e.seeds))
-    rows, sweep, curve = [], [], []
+    rows, sweep, curve, models = [], [], [], {}
     with tempfile.TemporaryDirectory(dir=_mkdir(p.work("evaluate"))) as tmp:
         tmp = Path(tmp)
         for i, condition in enumerate(p.conditions):
             teacher, _ = load_teacher_of(p, condition)
             students = students_of(p, condition)
+            models.update(students)
             part = compare(students, teacher.to(device), reference, ds.uint8(ds.held_raw) if i == 0 else None, space,
                            tmp / condition, n, seeds, ds.shape, ds.num_classes if condition == "cond" else None,
                            p.sampler, e.batch_size, device, e.seed_start)
@@ -369,7 +368,7 @@ def evaluate(p: Params) -> dict:
         if key in p.students:
             cfg = p.train_config(key)
             r["model"] = p.students[key].model
-            r.update(training_cost(load_student(p.work("students", key, "student.pt")), cfg.loss, cfg.gamma))
+            r.update(training_cost(models[key], cfg.loss, cfg.gamma))
             r["train_steps"], r["batch_size"] = cfg.max_steps, cfg.batch_size
             r["train_pflops"] = r["train_gflops_per_image"] * cfg.max_steps * cfg.batch_size / 1e6
     note = (f"FID/KID in the {space.name} feature space, {n} images per source against {len(reference)} "
@@ -412,18 +411,18 @@ def _tables(p: Params, comparison: list[dict]) -> list[Path]:
     features = comparison[0]["features"]
     note = (f"Measured here: FID/KID in the {features} feature space, {p.evaluate.num_samples} images per source, "
             f"mean and spread over {p.evaluate.seeds} seed ranges; images/s on this machine "
-            f"({device_of(p.evaluate.device).type}).")
+            f"({device_of(p.evaluate.device).type}). IS: Inception Score (10 splits), only with Inception features.")
     one_step = [{"source": r["source"], "kind": r["kind"], "condition": r["condition"], "nfe": r["nfe"],
-                 "fid": r["fid"], "fid_std": r["fid_std"], "kid": r["kid"], "params": r.get("params"),
+                 "fid": r["fid"], "fid_std": r["fid_std"], "kid": r["kid"], "is": r.get("is"), "params": r.get("params"),
                  "gflops_per_sample": r.get("gflops_per_sample"), "images_per_s": r.get("images_per_s"),
                  "result": "measured"} for r in comparison]
     if p.data.dataset == "cifar10":   # the paper's own numbers, as separate rows
         note += " Rows marked 'reported' are the paper's CIFAR-10 numbers (pytorch-gan-metrics FID), not ours."
         for condition in p.conditions:
             one_step += [{"source": name, "kind": "reported", "condition": condition, "nfe": nfe, "fid": fid,
-                          "fid_std": None, "kid": None, "params": None if m is None else int(m * 1e6),
+                          "fid_std": None, "kid": None, "is": inception_score, "params": None if m is None else int(m * 1e6),
                           "gflops_per_sample": None, "images_per_s": None, "result": "reported"}
-                         for name, _, m, fid, _, nfe in REPORTED[condition]]
+                         for name, _, m, fid, inception_score, nfe in REPORTED[condition]]
     write_results(one_step, folder, "one_step", "One-step generation against the teacher", note)
 
     pairs = []   # GET against ViTs of the same condition: the closest in size, and the one closest to 5x
@@ -464,14 +463,13 @@ def _tables(p: Params, comparison: list[dict]) -> list[Path]:
 
 # The figures --------------------------------------------------------------------------------------
 
-def _grid_seeds(p: Params, classes: int | None, n: int) -> tuple[list[int], int | None]:
+def _grid_seeds(p: Params, shape: tuple[int, ...], classes: int | None, n: int) -> tuple[list[int], int | None]:
     """Evaluation seeds (latents no student was trained on); class-conditional: `n // classes`
     seeds per class, in class order."""
     from getlib.edm import latents_for_seeds
     first = p.evaluate.seed_start
     if not classes:
         return list(range(first, first + n)), None
-    shape = load_data(p).shape
     _, labels = latents_for_seeds(range(first, first + 40 * n), shape, classes)
     per = max(1, n // classes)
     return [first + s for c in range(classes) for s in (labels == c).nonzero().flatten()[:per].tolist()], per
@@ -487,7 +485,7 @@ def _sample_figures(p: Params) -> list[Path]:
     written = []
     for condition in p.conditions:
         classes = ds.num_classes if condition == "cond" else None
-        seeds, per = _grid_seeds(p, classes, p.figures.grid_samples)
+        seeds, per = _grid_seeds(p, ds.shape, classes, p.figures.grid_samples)
         teacher, _ = load_teacher_of(p, condition)
         teacher = teacher.to(device)
         students = students_of(p, condition)

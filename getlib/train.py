@@ -160,18 +160,33 @@ class StepBatches(Sampler):
 
 
 class TrainingItems(Dataset):
-    """(latent, image, label, z0) for (local index, epoch); z0 is empty for models without one."""
+    """(latents, images, labels, z0) for a batch of (local index, epoch) items; z0 is empty for
+    models without one. The DataLoader fetches a whole batch at once through `__getitems__`."""
 
     def __init__(self, pairs: PairDataset, z0_shape: tuple[int, ...] | None, seed: int):
         self.pairs, self.z0_shape, self.seed = pairs, z0_shape, seed
 
+    def __len__(self) -> int:
+        return len(self.pairs)
+
     def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        i, epoch = item
-        latent, image, label = self.pairs[i]
+        return tuple(t[0] for t in self.__getitems__([item]))
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        indices = [i for i, _ in items]
+        latents, images, labels = self.pairs.batch(indices)
         if self.z0_shape is None:
-            return latent, image, label, torch.empty(0)
-        g = torch.Generator().manual_seed(_mix(self.seed, self.pairs.global_index(i), epoch, 1))
-        return latent, image, label, torch.randn(self.z0_shape, generator=g)
+            return latents, images, labels, torch.empty(0)
+        z0 = torch.empty(len(items), *self.z0_shape)
+        for row, (g_index, (_, epoch)) in enumerate(zip(self.pairs.global_indices(indices).tolist(), items)):
+            torch.randn(self.z0_shape, generator=torch.Generator().manual_seed(_mix(self.seed, g_index, epoch, 1)),
+                        out=z0[row])
+        return latents, images, labels, z0
+
+
+def _batched(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """collate_fn for `TrainingItems.__getitems__`, which already returns stacked tensors."""
+    return batch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -276,7 +291,7 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
     ema = build_model(cfg.model, **_model_kwargs(model)).to(device).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                            fused=device.type == "cuda")
+                            fused=device.type in ("cuda", "cpu"))
     step, images_seen, wall_before = 0, 0, 0.0
     ckpt_path = _checkpoint_path(out)
     if saved is not None:
@@ -301,7 +316,7 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
     z0_shape = (model.grid ** 2, model.hidden_size) if isinstance(model, GET) else None
     loader = DataLoader(TrainingItems(pairs, z0_shape, cfg.seed),
                         batch_sampler=StepBatches(len(pairs), local_batch, cfg.seed, rank, step, cfg.max_steps),
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        collate_fn=_batched, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.num_workers > 0)
     loss_fn = LOSSES[cfg.loss]
     amp = cfg.amp and device.type == "cuda"

@@ -86,6 +86,7 @@ def write(tmp_path, edit):
     (lambda r: r["data"].update(dataset="mnist"), "data.dataset"),
     (lambda r: r["evaluate"].update(seed_start=100), "evaluate.seed_start"),
     (lambda r: r["features"].update(network="inception"), "features.network"),
+    (lambda r: r["teacher"].update(source="checkpoint", checkpoints={"uncond": "edm.pkl"}), "teacher.edm_repo"),
 ])
 def test_a_broken_file_names_the_key(tmp_path, edit, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
@@ -107,3 +108,14 @@ def test_a_missing_teacher_checkpoint_is_named(tmp_path):
     with pytest.raises(ParamsError, match=r"teacher\.checkpoints\.cond is not set"):
         stages.make_teacher(p, "cond")
     assert not p.work().exists()  # nothing was written
+
+
+def test_asking_for_cuda_without_a_gpu_is_named():
+    import torch
+
+    from getlib.stages import device_of
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ParamsError, match="device cuda .* no GPU"):
+        device_of("cuda")
+    assert device_of("auto").type == "cpu"

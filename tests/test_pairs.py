@@ -147,6 +147,27 @@ def test_shards_split_across_ranks(tmp_path):
     assert [len(PairDataset(uneven, rank=r, world_size=2)) for r in range(2)] == [4, 4]  # 6 and 4 -> 4
 
 
+def test_batch_reads_follow_the_requested_order_across_shards_and_ranks(tmp_path):
+    s = spec(num_pairs=12, shard_size=3, num_classes=3, image_dtype="float32")
+    generate_pairs(toy_teacher(3), tmp_path, s, TEACHER_ID, SAMPLER)
+    whole = PairDataset(tmp_path)
+    every = [whole[i] for i in range(12)]
+    held = [[0, 1, 2, 6, 7, 8], [3, 4, 5, 9, 10, 11]]     # rank r holds the shards k with k % 2 == r
+    for rank in range(2):
+        ds = PairDataset(tmp_path, rank=rank, world_size=2)
+        order = [5, 0, 3, 3, 1]                           # out of order, repeated, across both shards
+        latents, images, labels = ds.batch(order)
+        wanted = ds.global_indices(order)
+        assert wanted.tolist() == [held[rank][i] for i in order]
+        for row, g in enumerate(wanted):
+            assert torch.equal(latents[row], every[g][0]) and torch.equal(images[row], every[g][1])
+            assert labels[row] == every[g][2]
+        want_latents, want_labels = latents_for_seeds(wanted.tolist(), (1, 4, 4), num_classes=3)
+        assert torch.equal(latents, want_latents) and torch.equal(labels, want_labels)
+        with pytest.raises(IndexError, match=r"\[0, 6\)"):
+            ds.batch([0, 6])
+
+
 def write_release(folder, n_files=2, per_file=3, cond=False, image_dtype=torch.float64):
     """The authors' layout: latent/ and image/ of torch.save files named by their last seed."""
     (folder / "latent").mkdir(parents=True)

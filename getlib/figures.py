@@ -143,11 +143,30 @@ def scatter_plot(groups: dict[str, tuple[list, list, list]], path: str | Path, x
     for i, (name, y) in enumerate((hlines or {}).items()):
         ax.axhline(y, ls="--", lw=1, color=f"C{len(groups) + i}", label=name)
     if logx:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
         ax.set_xscale("log")
+        xs = [x for xs, _, _ in groups.values() for x in xs]
+        if xs:   # at least a factor 4 wide, so that a few close sizes do not crowd the ticks
+            lo, hi = min(xs), max(xs)
+            pad = max(1.25, (4 * lo / hi) ** 0.5)
+            ax.set_xlim(lo / pad, hi * pad)
+            decades = range(math.floor(math.log10(lo / pad)), math.ceil(math.log10(hi * pad)) + 1)
+            ax.set_xticks([t for t in (m * 10.0 ** e for e in decades for m in (1, 2, 3, 5))
+                           if lo / pad <= t <= hi * pad])
+        ax.xaxis.set_major_formatter(FuncFormatter(_si))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def _si(value: float, _position: object = None) -> str:
+    """1200000 -> '1.2M', 300000 -> '300k' (tick labels for counts such as parameters)."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{unit}"
+    return f"{value:g}"
 
 
 def bar_panels(panels: dict[str, dict[str, float]], path: str | Path, title: str = "") -> Path:

@@ -552,11 +552,13 @@ def _curve_figures(p: Params, comparison: list[dict]) -> list[Path]:
                                  f"FID ({features})", "FID against training compute", logy=True, logx=True,
                                  hlines=floors))
     students = [r for r in comparison if r["kind"] in ("GET", "ViT")]
-    groups = {}
-    for kind in ("GET", "ViT"):
-        rows = [r for r in students if r["kind"] == kind]
-        if rows:
-            groups[kind] = ([r["params"] for r in rows], [r["fid"] for r in rows], [r["source"] for r in rows])
+    groups = {}   # one family per model kind and condition
+    for condition in p.conditions:
+        for kind in ("GET", "ViT"):
+            rows = [r for r in students if r["kind"] == kind and r["condition"] == condition]
+            if rows:
+                groups[f"{kind} ({condition})"] = ([r["params"] for r in rows], [r["fid"] for r in rows],
+                                                   [r["source"] for r in rows])
     written.append(scatter_plot(groups, p.results("figures", "fid_vs_params.png"), "parameters", f"FID ({features})",
                                 "FID against model size", hlines=floors))
     sweep = _read_json(p.results("evaluation", "iterations.json"))

@@ -22,4 +22,4 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     sin-cos positions, are equal in both and left alone)."""
     pairs = [(p_ema, p.detach()) for p_ema, p in zip(ema.parameters(), model.parameters()) if p.requires_grad]
     if pairs:
-        torch._foreach_lerp_(*map(list, zip(*pairs)), 1.0 - beta)  # one fused call, not one per tensor
+        torch._foreach_lerp_(*map(list, zip(*pairs)), 1.0 - beta)  # one call for all tensors (same maths as lerp_)

@@ -205,14 +205,17 @@ def inception_score(folder: str | Path, space: FeatureSpace, splits: int = 10, b
         raise ValueError(f"the feature space {space.name!r} has no class probabilities: Inception Score needs Inception")
     from cleanfid.utils import ResizeDataset
     files = sorted(str(p) for p in Path(folder).glob("*.png"))
+    splits = max(1, min(splits, len(files) // 2))   # a one-image split scores exactly 1, whatever the images
     data = ResizeDataset(files, mode=space.mode)
+    if space.resize is not None:   # the resize its FID features use (as clean-fid's custom_fn_resize)
+        data.fn_resize = space.resize
     probs = torch.cat([space.class_probabilities(torch.stack([data[j] for j in range(i, min(i + batch_size, len(files)))])).cpu()
                        for i in range(0, len(files), batch_size)]).double()
     scores = []
     for part in probs.chunk(splits):
         kl = part * (part.clamp_min(1e-12).log() - part.mean(0, keepdim=True).clamp_min(1e-12).log())
         scores.append(kl.sum(1).mean().exp().item())
-    return {"is": float(np.mean(scores)), "is_std": float(np.std(scores)), "n": len(files)}
+    return {"is": float(np.mean(scores)), "is_std": float(np.std(scores)), "n": len(files), "splits": splits}
 
 
 def cifar10_reference(root: str | Path, split: str, space: FeatureSpace, workdir: str | Path) -> np.ndarray:
@@ -227,12 +230,14 @@ def cifar10_reference(root: str | Path, split: str, space: FeatureSpace, workdir
     return folder_features(folder, space)
 
 
-def score_images(images: Tensor, reference: np.ndarray, space: FeatureSpace, folder: str | Path) -> dict:
+def score_images(images: Tensor, reference: np.ndarray, space: FeatureSpace, folder: str | Path,
+                 inception_score_too: bool = False) -> dict:
     """Write uint8 `images` as PNGs into `folder` (new) and score them against reference features;
-    with a feature space that has class probabilities (Inception), also the Inception Score."""
+    with `inception_score_too` and a feature space that has class probabilities (Inception), also
+    the Inception Score (a second pass over the images)."""
     folder = write_images(images, folder)
     scores = {**fid_kid(folder_features(folder, space), reference), "features": space.name}
-    if space.class_probabilities is not None:
+    if inception_score_too and space.class_probabilities is not None:
         inception = inception_score(folder, space)
         scores.update({"is": inception["is"], "is_std": inception["is_std"]})
     return scores
@@ -268,14 +273,14 @@ def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference:
     workdir = Path(workdir)
     rows = []
     if held_out is not None:
-        floor = score_images(held_out[:n], reference, space, workdir / "real-held-out")
+        floor = score_images(held_out[:n], reference, space, workdir / "real-held-out", inception_score_too=True)
         rows.append({"source": "real (held-out)", "nfe": 0, "fid": floor["fid"], "fid_std": 0.0,
                      "kid": floor["kid"], "n": floor["n"], "n_reference": floor["n_reference"],
                      **({"is": floor["is"]} if "is" in floor else {})})
 
     def spread(name: str, nfe: int, make: Callable[[int], Tensor]) -> dict:
-        scores = [score_images(make(seed_start + seed * n), reference, space, workdir / f"{name.replace('/', '_')}-seed{seed}")
-                  for seed in seeds]
+        scores = [score_images(make(seed_start + seed * n), reference, space, workdir / f"{name.replace('/', '_')}-seed{seed}",
+                               inception_score_too=True) for seed in seeds]
         fids, kids = [s["fid"] for s in scores], [s["kid"] for s in scores]
         row = {"source": name, "nfe": nfe, "fid": float(np.mean(fids)), "fid_std": float(np.std(fids)),
                "kid": float(np.mean(kids)), "n": n, "n_reference": len(reference), "seeds": len(seeds)}
@@ -311,39 +316,46 @@ def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference:
 # Cost
 # ------------------------------------------------------------------------------------------------
 
+def _flop_counter():
+    """torch's FlopCounterMode (matrix products, convolutions, attention: 2 FLOPs per multiply-add;
+    elementwise work is not counted), taught the CPU's fused attention, which torch has no formula for."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
+
+
 @torch.no_grad()
 def flops_per_sample(model: nn.Module | Callable[[Tensor], Tensor], example: Tensor, *args: object,
                      **kwargs: object) -> int:
-    """FLOPs of one call on `example` (batch of 1), counted by torch.utils.flop_counter: matrix
-    products, convolutions and attention (2 FLOPs per multiply-add); elementwise work is not counted."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-    def cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_flop_count(query, key, value)  # (CPU's fused attention has no formula in torch)
-
-    counter = FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention})
+    """FLOPs of one call on `example` (batch of 1), counted as `_flop_counter` counts."""
+    counter = _flop_counter()
     with counter:
         model(example, *args, **kwargs)
     return int(counter.get_total_flops())
 
 
 def training_cost(student: nn.Module, loss: str = "l1", gamma: float = 0.8) -> dict:
-    """One training step of a model built like `student` (its own DEQ recipe), on one image:
-    FLOPs of forward + backward (torch.utils.flop_counter) and the activation memory autograd keeps
-    for backward (KiB); for GET also that memory in the memory-efficient (checkpointed) mode."""
+    """One training step of a model built like `student` (its own DEQ recipe), on one image on the
+    CPU (so the count does not depend on where evaluation ran): FLOPs of forward + backward
+    (`_flop_counter`) and the activation memory autograd keeps for backward (KiB); for GET also
+    that memory in the memory-efficient (checkpointed) mode."""
     import copy
-
-    from torch.utils.flop_counter import FlopCounterMode
 
     from getlib.deq import fp_correction
     from getlib.train import LOSSES
 
     def one_step(model: nn.Module) -> tuple[int, float]:
         model = model.train().requires_grad_(True)
-        device = next(model.parameters()).device
-        x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=device)
-        labels = torch.zeros(1, dtype=torch.long, device=device) if model.cond else None
+        x = torch.zeros(1, model.in_channels, model.input_size, model.input_size)
+        labels = torch.zeros(1, dtype=torch.long) if model.cond else None
         saved = [0]
 
         def pack(t: Tensor) -> Tensor:
@@ -351,7 +363,7 @@ def training_cost(student: nn.Module, loss: str = "l1", gamma: float = 0.8) -> d
                 saved[0] += t.numel() * t.element_size()
             return t
 
-        counter = FlopCounterMode(display=False)
+        counter = _flop_counter()
         with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(x, labels)
             preds = out if isinstance(out, list) else [out]
@@ -359,10 +371,10 @@ def training_cost(student: nn.Module, loss: str = "l1", gamma: float = 0.8) -> d
             total.backward()
         return int(counter.get_total_flops()), saved[0] / 1024
 
-    flops, kib = one_step(copy.deepcopy(student))
+    flops, kib = one_step(copy.deepcopy(student).cpu())
     cost = {"train_gflops_per_image": flops / 1e9, "activations_kib_per_image": kib}
     if isinstance(student, GET):
-        efficient = copy.deepcopy(student)
+        efficient = copy.deepcopy(student).cpu()
         efficient.deq_cfg = efficient.deq_cfg.replace(memory_efficient=True)
         cost["activations_kib_per_image_memory_efficient"] = one_step(efficient)[1]
     return cost

@@ -145,9 +145,9 @@ def scatter_plot(groups: dict[str, tuple[list, list, list]], path: str | Path, x
     if logx:
         from matplotlib.ticker import FuncFormatter, NullFormatter
         ax.set_xscale("log")
-        xs = [x for xs, _, _ in groups.values() for x in xs]
-        if xs:   # at least a factor 4 wide, so that a few close sizes do not crowd the ticks
-            lo, hi = min(xs), max(xs)
+        every_x = [x for group_xs, _, _ in groups.values() for x in group_xs]
+        if every_x:   # at least a factor 4 wide, so that a few close sizes do not crowd the ticks
+            lo, hi = min(every_x), max(every_x)
             pad = max(1.25, (4 * lo / hi) ** 0.5)
             ax.set_xlim(lo / pad, hi * pad)
             decades = range(math.floor(math.log10(lo / pad)), math.ceil(math.log10(hi * pad)) + 1)

@@ -301,6 +301,8 @@ class PairDataset(Dataset):
         """(latents, images, labels) of this rank's pairs `indices`, stacked in their order:
         one read per shard touched, instead of one per pair (the training loop's data path)."""
         shard, pos = self._shards_of(indices)
+        if not len(pos):
+            raise ValueError("batch() needs at least one pair index")
         records = np.empty(len(pos), dtype=self._shard(0).dtype)
         for j in np.unique(shard):
             at = np.flatnonzero(shard == j)

@@ -423,6 +423,8 @@ def _tables(p: Params, comparison: list[dict]) -> list[Path]:
                           "fid_std": None, "kid": None, "is": inception_score, "params": None if m is None else int(m * 1e6),
                           "gflops_per_sample": None, "images_per_s": None, "result": "reported"}
                          for name, _, m, fid, inception_score, nfe in REPORTED[condition]]
+    if all(r["is"] is None for r in one_step):   # no Inception features, no reported rows: no IS column
+        one_step = [{k: v for k, v in r.items() if k != "is"} for r in one_step]
     write_results(one_step, folder, "one_step", "One-step generation against the teacher", note)
 
     pairs = []   # GET against ViTs of the same condition: the closest in size, and the one closest to 5x

@@ -160,8 +160,8 @@ class StepBatches(Sampler):
 
 
 class TrainingItems(Dataset):
-    """(latents, images, labels, z0) for a batch of (local index, epoch) items; z0 is empty for
-    models without one. The DataLoader fetches a whole batch at once through `__getitems__`."""
+    """(latents, images, labels, z0) for a batch of (local index, epoch) items; z0 has no columns
+    for models without one. The DataLoader fetches a whole batch at once through `__getitems__`."""
 
     def __init__(self, pairs: PairDataset, z0_shape: tuple[int, ...] | None, seed: int):
         self.pairs, self.z0_shape, self.seed = pairs, z0_shape, seed
@@ -176,7 +176,7 @@ class TrainingItems(Dataset):
         indices = [i for i, _ in items]
         latents, images, labels = self.pairs.batch(indices)
         if self.z0_shape is None:
-            return latents, images, labels, torch.empty(0)
+            return latents, images, labels, torch.empty(len(items), 0)
         z0 = torch.empty(len(items), *self.z0_shape)
         for row, (g_index, (_, epoch)) in enumerate(zip(self.pairs.global_indices(indices).tolist(), items)):
             torch.randn(self.z0_shape, generator=torch.Generator().manual_seed(_mix(self.seed, g_index, epoch, 1)),
@@ -291,7 +291,7 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
     ema = build_model(cfg.model, **_model_kwargs(model)).to(device).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                            fused=device.type in ("cuda", "cpu"))
+                            fused=True)   # (a run resumed from a checkpoint keeps the checkpoint's choice)
     step, images_seen, wall_before = 0, 0, 0.0
     ckpt_path = _checkpoint_path(out)
     if saved is not None:

@@ -4,6 +4,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import getlib.evaluate as ev
 from standins import stand_in_inception
@@ -85,6 +86,21 @@ def test_flop_count_matches_a_hand_count():
     assert ev.flops_per_sample(model, torch.randn(1, 1, 4, 4)) == hand
 
 
+def test_training_flops_are_forward_plus_backward_by_hand():
+    """The model of the hand count above, one training step: every matmul's backward costs two
+    matmuls, except the patch convolution (no gradient for its input, the noise: one) and attention
+    (torch's formula: QK^T recomputed, then dV, dP, dQ, dK: five)."""
+    model = ViT_models["ViT-P/2"](input_size=4, in_channels=1, hidden_size=8, depth=1, num_heads=2)
+    forward = ev.flops_per_sample(model.eval(), torch.randn(1, 1, 4, 4))
+    patch_conv, attention = 2 * 4 * 1 * 4 * 8, 2 * 2 * 4 * 4 * 8
+    backward = 2 * (forward - patch_conv - attention) + patch_conv + 5 * attention // 2
+    cost = ev.training_cost(model, "l1")
+    assert cost["train_gflops_per_image"] * 1e9 == pytest.approx(forward + backward, rel=0, abs=0.5)
+    get = GET_models["GET-P/2"](input_size=4, in_channels=1, hidden_size=8, depth=1, num_heads=2)
+    cost = ev.training_cost(get, "l1")
+    assert 0 < cost["activations_kib_per_image_memory_efficient"] < cost["activations_kib_per_image"]
+
+
 def test_inception_path_says_where_to_put_the_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "INCEPTION_PATH", tmp_path / "inception-2015-12-05.pt")
 
@@ -138,6 +154,23 @@ def test_inception_fid_and_is_when_the_weights_are_present(tmp_path):
     assert feats.shape == (20, 2048)
     score = ev.inception_score(folder, space, splits=2)
     assert score["is"] >= 1.0
+
+
+def test_inception_score_by_hand(tmp_path):
+    """Black and white images, classified with certainty by brightness: p(y|x) is one-hot and p(y) is
+    (1/2, 1/2) in every split, so IS = exp(log 2) = 2 exactly; one-image splits (which would score 1
+    whatever the images) are avoided."""
+    images = torch.zeros(12, 3, 8, 8, dtype=torch.uint8)
+    images[1::2] = 255
+    folder = ev.write_images(images, tmp_path / "bw")
+    space = ev.FeatureSpace(name="brightness", extractor=lambda x: x.mean((2, 3)),
+                            resize=lambda img: np.asarray(img, dtype=np.uint8),
+                            class_probabilities=lambda x: F.one_hot((x.mean((1, 2, 3)) > 127).long(), 2).float())
+    score = ev.inception_score(folder, space, splits=6)
+    assert score["splits"] == 6 and score["is"] == pytest.approx(2.0) and score["is_std"] == pytest.approx(0.0)
+    assert ev.inception_score(folder, space, splits=10)["splits"] == 6   # at most n / 2 splits
+    same = ev.write_images(torch.zeros(6, 3, 8, 8, dtype=torch.uint8), tmp_path / "black")
+    assert ev.inception_score(same, space)["is"] == pytest.approx(1.0)    # one class only: no diversity
 
 
 def test_inception_score_needs_logits(space_and_reference, tmp_path):

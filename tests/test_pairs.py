@@ -166,6 +166,8 @@ def test_batch_reads_follow_the_requested_order_across_shards_and_ranks(tmp_path
         assert torch.equal(latents, want_latents) and torch.equal(labels, want_labels)
         with pytest.raises(IndexError, match=r"\[0, 6\)"):
             ds.batch([0, 6])
+        with pytest.raises(ValueError, match="at least one"):
+            ds.batch([])
 
 
 def write_release(folder, n_files=2, per_file=3, cond=False, image_dtype=torch.float64):

@@ -77,6 +77,33 @@ def weights(path):
     return {**{f"model.{k}": v for k, v in blob["model"].items()}, **{f"ema.{k}": v for k, v in blob["ema"].items()}}
 
 
+def test_a_pairs_z0_depends_on_its_pair_and_epoch_only(pair_sets):
+    """The equilibrium state z0 drawn for a pair is the same whatever batch, position or rank it
+    lands in; another epoch (or run seed) draws another one."""
+    from getlib.pairs import PairDataset
+    from getlib.train import TrainingItems
+    shape = (16, 64)
+    whole = TrainingItems(PairDataset(pair_sets["uncond"]), shape, seed=3)
+    z_alone = whole.__getitems__([(17, 0)])[3][0]
+    latents, images, labels, z0 = whole.__getitems__([(40, 0), (17, 0), (17, 1)])
+    assert torch.equal(z0[1], z_alone) and not torch.equal(z0[2], z_alone)
+    assert torch.equal(whole[(17, 0)][3], z_alone)
+    rank1 = TrainingItems(PairDataset(pair_sets["uncond"], rank=1, world_size=2), shape, seed=3)
+    assert rank1.pairs.global_indices([1]).tolist() == [17]   # shards of 16: rank 1 holds pairs 16-31, 48-63
+    assert torch.equal(rank1.__getitems__([(1, 0)])[3][0], z_alone)
+    assert not torch.equal(TrainingItems(whole.pairs, shape, seed=4).__getitems__([(17, 0)])[3][0], z_alone)
+    vit = TrainingItems(whole.pairs, None, seed=3).__getitems__([(17, 0), (3, 0)])
+    assert vit[3].shape == (2, 0) and torch.equal(vit[0][0], latents[1]) and torch.equal(vit[1][0], images[1])
+
+
+def test_loader_workers_do_not_change_the_run(pair_sets, tmp_path):
+    train(cfg(pair_sets["uncond"], tmp_path / "inline", max_steps=5))
+    train(cfg(pair_sets["uncond"], tmp_path / "worker", max_steps=5, num_workers=1))
+    a = weights(tmp_path / "inline" / "checkpoints" / "latest.pt")
+    b = weights(tmp_path / "worker" / "checkpoints" / "latest.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_kill_and_resume_equals_uninterrupted_bit_for_bit(pair_sets, tmp_path, monkeypatch):
     # 64 pairs, batch 16: 4 steps per epoch, so 10 steps cross two epoch boundaries
     train(cfg(pair_sets["uncond"], tmp_path / "straight", max_steps=10))

@@ -170,7 +170,7 @@ def test_the_cifar10_profiles_run_at_toy_scale(tmp_path, monkeypatch, profile, n
     assert reported and all(r["condition"] == condition for r in reported)   # the paper's numbers, marked
     measured = [r for r in one_step if r["result"] == "measured"]
     if network == "inception":   # the Inception Score comes with Inception features, and only with them
-        assert all(math.isfinite(r["is"]) and r["is"] > 1 for r in measured)
+        assert all(math.isfinite(r["is"]) and r["is"] >= 1 - 1e-9 for r in measured)   # (exact values: test_evaluate)
     else:
         assert all(r["is"] is None for r in measured)
     assert any(r["is"] is not None for r in reported)

@@ -34,7 +34,7 @@ def child(case: str) -> dict:
 
     from getlib.edm import SamplerConfig
     from getlib.pairs import PairSpec, generate_pairs
-    from getlib.train import TrainConfig, train
+    from getlib.train import TrainConfig, train, training_log
 
     model, shape, batch, steps, deq = CASES[case]
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,8 +45,7 @@ def child(case: str) -> dict:
         summary = train(TrainConfig(pairs=str(Path(tmp) / "pairs"), out=str(Path(tmp) / "run"), model=model,
                                     deq=deq, batch_size=batch, max_steps=steps, log_every=max(steps // 8, 1),
                                     ckpt_every=10 ** 6, sample_every=10 ** 6, num_samples=4, progress=False))
-        with open(Path(tmp) / "run" / "metrics.csv") as f:
-            rates = [float(r["images_per_s"]) for r in csv.DictReader(f)][1:-1]
+        rates = [float(r["images_per_s"]) for r in training_log(Path(tmp) / "run")][1:-1]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"case": case, "model": model, "params": summary["params"], "batch": batch, "steps": steps,
             "images_per_s": round(statistics.median(rates), 1),

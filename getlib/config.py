@@ -8,6 +8,7 @@ allowed values. Paths in the file are relative to the project root (the folder h
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,9 +20,20 @@ from getlib.edm import SamplerConfig
 from getlib.models import GET_models, ViT_models
 from getlib.train import TrainConfig
 
-__all__ = ["Params", "ParamsError", "load_params", "project_root", "CONDITIONS"]
+__all__ = ["Params", "ParamsError", "load_params", "project_root", "check_name", "CONDITIONS"]
 
 CONDITIONS = ("uncond", "cond")
+# Profile and student names become folder names (work/<profile>/students/<student>/): plain
+# identifiers only, so that no name can point outside the project.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_name(key: str, name: object) -> str:
+    """`name` if it is a plain identifier (letters, digits, '-', '_'; 64 at most), else an error naming `key`."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ParamsError(f"{key}: {name!r} is not a valid name: use letters, digits, '-' and '_' "
+                          f"(starting with a letter or digit, at most 64), since it becomes a folder name")
+    return name
 
 
 class ParamsError(ValueError):
@@ -38,13 +50,13 @@ class DataParams:
     root: str | None = None               # cifar10: the folder holding cifar-10-batches-py
     held_out: int = 450                   # digits: images kept out of the feature net's training (the FID floor)
     split_seed: int = 0
+    check_md5: bool = True                # cifar10: the files must have the published md5 (false: a modified copy)
 
     def check(self, key: str) -> None:
         _one_of(f"{key}.dataset", self.dataset, ("digits", "cifar10"))
         if self.dataset == "cifar10" and not self.root:
             raise ParamsError(f"{key}.root must name the folder holding cifar-10-batches-py for dataset cifar10")
-        if self.held_out < 1:
-            raise ParamsError(f"{key}.held_out must be >= 1, got {self.held_out}")
+        _at_least(key, self, held_out=1, split_seed=0)
 
 
 @dataclass
@@ -58,8 +70,7 @@ class FeaturesParams:
         _one_of(f"{key}.network", self.network, ("classifier", "inception"))
         _one_of(f"{key}.mode", self.mode, ("clean", "legacy_tensorflow"))
         _one_of(f"{key}.reference", self.reference, ("train", "test"))
-        if self.epochs < 1:
-            raise ParamsError(f"{key}.epochs must be >= 1, got {self.epochs}")
+        _at_least(key, self, epochs=1)
 
 
 @dataclass
@@ -67,6 +78,7 @@ class TeacherParams:
     source: str = "train"                 # 'train': the embedded UNet, trained here | 'checkpoint': EDM .pkl files
     checkpoints: dict = field(default_factory=dict)   # source checkpoint: {uncond: path.pkl, cond: path.pkl}
     edm_repo: str | None = None           # source checkpoint: a clone of github.com/NVlabs/edm
+    trust_pickle: bool = False            # source checkpoint: unpickle files that are not the official checkpoints
     channels: list = field(default_factory=lambda: [32, 64, 64])
     emb_dim: int = 128
     lr: float = 1e-3
@@ -90,9 +102,8 @@ class TeacherParams:
                 raise ParamsError(f"{key}.checkpoints.{c} must be a path, got {path!r}")
         if not all(isinstance(c, int) and c > 0 for c in self.channels):
             raise ParamsError(f"{key}.channels must be a list of positive integers, got {self.channels!r}")
-        for name in ("max_steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ParamsError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+        _at_least(key, self, max_steps=1, batch_size=1, emb_dim=1, warmup_steps=0, seed=0, ema_rampup_ratio=0)
+        _positive(key, self, "lr", "ema_halflife_images")
 
     def checkpoint(self, condition: str, root: Path) -> Path:
         """The EDM checkpoint for `condition` (source 'checkpoint'); a clear error when it is missing."""
@@ -108,7 +119,7 @@ class TeacherParams:
 
     def train_settings(self) -> dict:
         """The embedded teacher's TeacherConfig fields (without `cond`)."""
-        skip = {"source", "checkpoints", "edm_repo"}
+        skip = {"source", "checkpoints", "edm_repo", "trust_pickle"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
 
@@ -125,9 +136,7 @@ class PairsParams:
     def check(self, key: str) -> None:
         _one_of(f"{key}.image_dtype", self.image_dtype, ("float16", "float32"))
         _one_of(f"{key}.device", self.device, ("auto", "cpu", "cuda"))
-        for name in ("num_pairs", "shard_size", "batch_size", "nproc"):
-            if getattr(self, name) < 1:
-                raise ParamsError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+        _at_least(key, self, num_pairs=1, shard_size=1, batch_size=1, nproc=1, seed_start=0)
 
 
 @dataclass
@@ -158,9 +167,7 @@ class EvaluateParams:
     def check(self, key: str) -> None:
         from getlib.deq import SOLVERS
         _one_of(f"{key}.device", self.device, ("auto", "cpu", "cuda"))
-        for name in ("num_samples", "seeds", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ParamsError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+        _at_least(key, self, num_samples=1, seeds=1, batch_size=1, seed_start=0)
         if not all(isinstance(k, int) and k >= 1 for k in self.sweep_iterations):
             raise ParamsError(f"{key}.sweep_iterations must be positive integers, got {self.sweep_iterations!r}")
         for s in self.sweep_solvers:
@@ -172,8 +179,7 @@ class FiguresParams:
     grid_samples: int = 64                # images per sample grid (same seeds for every source)
 
     def check(self, key: str) -> None:
-        if self.grid_samples < 1:
-            raise ParamsError(f"{key}.grid_samples must be >= 1, got {self.grid_samples}")
+        _at_least(key, self, grid_samples=1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,11 +207,18 @@ class Params:
 
     def work(self, *parts: str) -> Path:
         """Heavy artifacts (DVC-cached, git-ignored): work/<profile>/..."""
-        return self.root / "work" / self.profile / Path(*parts)
+        return self._under("work", parts)
 
     def results(self, *parts: str) -> Path:
         """Small committed results: results/<profile>/..."""
-        return self.root / "results" / self.profile / Path(*parts)
+        return self._under("results", parts)
+
+    def _under(self, top: str, parts: tuple[str, ...]) -> Path:
+        base = (self.root / top).resolve()
+        path = base / check_name("profile", self.profile) / Path(*parts)
+        if base not in path.resolve().parents:
+            raise ParamsError(f"{path} lies outside {base}: every path the pipeline builds stays inside {top}/<profile>/")
+        return path
 
     def train_config(self, key: str) -> TrainConfig:
         """The full, validated TrainConfig of student `key`."""
@@ -225,7 +238,7 @@ class Params:
             raise ParamsError(f"students.{key}.train: {e}") from e
 
     def nproc(self, key: str) -> int:
-        return int({**self.distill, **self.students[key].train}.get("nproc", 1))
+        return {**self.distill, **self.students[key].train}.get("nproc", 1)
 
 
 def project_root(start: str | Path = ".") -> Path:
@@ -255,12 +268,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     missing = sorted(k for k in ("profile", "conditions", "students") if k not in raw)
     if missing:
         raise ParamsError(f"{path.name} lacks {missing}")
-    profile = raw["profile"]
-    if not isinstance(profile, str) or not profile or "/" in profile:
-        raise ParamsError(f"profile must be a folder name (results/<profile>/), got {profile!r}")
+    profile = check_name("profile", raw["profile"])
     students = raw["students"]
     if not isinstance(students, dict) or not students:
         raise ParamsError("students must map names to {model, condition, train}, e.g. get-p: {model: GET-P/2}")
+    for name in students:
+        check_name(f"students.{name}", name)
     conditions = raw["conditions"]
     if not isinstance(conditions, list) or not conditions or len(set(map(str, conditions))) != len(conditions):
         raise ParamsError(f"conditions must be a list of distinct conditions from {list(CONDITIONS)}, got {conditions!r}")
@@ -286,6 +299,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         bad = sorted(PIPELINE_SET & set(s.train))
         if bad:
             raise ParamsError(f"students.{key}.train sets {bad}: the pipeline sets these (use model / condition)")
+        _check_nproc(f"students.{key}.train.nproc", s.train.get("nproc", 1))
         params.train_config(key)       # every student's full training settings are valid now
         if s.condition not in params.conditions:
             raise ParamsError(f"students.{key}.condition {s.condition!r} is not in conditions {params.conditions}")
@@ -309,15 +323,18 @@ def _distill(raw: object) -> dict:
     bad = sorted(PIPELINE_SET & set(raw))
     if bad:
         raise ParamsError(f"distill sets {bad}: the pipeline sets these per student")
-    nproc = raw.get("nproc", 1)
-    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
-        raise ParamsError(f"distill.nproc must be a positive integer, got {nproc!r}")
+    _check_nproc("distill.nproc", raw.get("nproc", 1))
     settings = _numbers(raw, "distill")
     try:
         TrainConfig.from_dict({k: v for k, v in settings.items() if k != "nproc"} | {"pairs": "-", "out": "-"})
     except (ValueError, TypeError) as e:
         raise ParamsError(f"distill: {e}") from e
     return settings
+
+
+def _check_nproc(key: str, nproc: object) -> None:
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise ParamsError(f"{key} must be a positive integer (processes per run), got {nproc!r}")
 
 
 def _numbers(settings: dict, key: str) -> dict:
@@ -334,6 +351,21 @@ def _numbers(settings: dict, key: str) -> dict:
 def _one_of(key: str, value: object, allowed: tuple) -> None:
     if value not in allowed:
         raise ParamsError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def _at_least(key: str, section: object, **minimum: int) -> None:
+    """Each named setting of `section` (None: unset) is >= its minimum."""
+    for name, low in minimum.items():
+        value = getattr(section, name)
+        if value is not None and not value >= low:   # (NaN is refused too)
+            raise ParamsError(f"{key}.{name} must be >= {low}, got {value!r}")
+
+
+def _positive(key: str, section: object, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if value is not None and not value > 0:
+            raise ParamsError(f"{key}.{name} must be > 0, got {value!r}")
 
 
 def _section(cls: type, raw: object, key: str):

@@ -8,7 +8,7 @@ Solvers and gradients are chosen by name from registries, in the spirit of torch
     SOLVERS   'fixed_point_iter' | 'anderson'
     GRADIENTS 'phantom' (alias 'unrolled') | 'implicit'
 
-The paper's recipe (PAPER.md, "DEQ: solve and differentiate") is the default of `DEQConfig`:
+The paper's recipe (docs/paper.md, "The DEQ recipe") is the default of `DEQConfig`:
 train by unrolling f 6 times from z0 with autograd (no-grad solve of 0 iterations, phantom
 gradient with k = 6 and tau = 1) and supervise all 6 states; sample with at most 6 fixed-point
 iterations, tolerance 1e-3, returning per sample the lowest-residual iterate.

@@ -14,6 +14,7 @@ own CPU generator, so nothing depends on batch size, worker count or device.
 """
 from __future__ import annotations
 
+import math
 import pickle
 import sys
 from dataclasses import asdict, dataclass
@@ -23,6 +24,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from getlib.io import file_sha256
 
 __all__ = ["SIGMA_DATA", "precond_coeffs", "EDMPrecond", "edm_loss", "SamplerConfig", "time_steps",
            "edm_sampler", "latents_for_seeds", "load_edm_checkpoint", "EDMNetwork", "EDM_CHECKPOINT_URLS"]
@@ -99,6 +102,9 @@ class SamplerConfig:
             raise ValueError(f"sampler num_steps must be >= 1, got {self.num_steps}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if not 0 < self.rho < math.inf or not self.sigma_max < math.inf:
+            raise ValueError(f"sampler rho and sigma_max must be finite and rho > 0, got rho={self.rho}, "
+                             f"sigma_max={self.sigma_max}")
 
     @property
     def nfe(self) -> int:
@@ -168,14 +174,22 @@ EDM_CHECKPOINT_URLS = {
     "uncond": "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl",
     "cond": "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl",
 }
+# sha256 of the official pickles that `load_edm_checkpoint` unpickles without being told to trust
+# the file. The unconditional one's is recorded alike by several public projects that verify their
+# download; the conditional one's could not be read from this project's (offline) machines, so it is
+# not pinned: load it with trust=True (teacher.trust_pickle) after checking your download.
+EDM_CHECKPOINT_SHA256 = {
+    "uncond": "4d5dcc1f1d0d41c8934ad21626eeddbdc0460182becf9fc059a0631b1eedb4da",
+}
 
 
-def load_edm_checkpoint(pkl_path: str | Path, edm_repo: str | Path) -> nn.Module:
+def load_edm_checkpoint(pkl_path: str | Path, edm_repo: str | Path, trust: bool = False) -> nn.Module:
     """The 'ema' network of an official EDM pickle, in eval mode without gradients.
 
     EDM pickles hold their own classes: the EDM repository (github.com/NVlabs/edm, for its
     `dnnlib` and `torch_utils` packages) must be importable, so `edm_repo` is put on sys.path.
-    Unpickling runs code from the file: load only NVIDIA's official checkpoints.
+    Unpickling runs code from the file: a file whose sha256 is not one of EDM_CHECKPOINT_SHA256 is
+    refused before it is opened, unless `trust` says it comes from a source you trust.
     The network is called as net(x, sigma, class_labels) with one-hot labels (label_dim classes).
     """
     pkl_path, edm_repo = Path(pkl_path), Path(edm_repo)
@@ -189,6 +203,14 @@ def load_edm_checkpoint(pkl_path: str | Path, edm_repo: str | Path) -> nn.Module
             f"EDM repository not found at {edm_repo} (it needs dnnlib/ and torch_utils/ to unpickle "
             f"the checkpoint): `git clone https://github.com/NVlabs/edm {edm_repo}` "
             f"(or set teacher.edm_repo in params.yaml).")
+    if not trust:
+        digest = file_sha256(pkl_path)
+        if digest not in EDM_CHECKPOINT_SHA256.values():
+            raise ValueError(
+                f"{pkl_path}: sha256 {digest} is not an official EDM checkpoint's pinned here "
+                f"({EDM_CHECKPOINT_SHA256}). Unpickling runs code from the file, so only pinned files are "
+                f"loaded; for a file you trust (e.g. the conditional checkpoint, not pinned yet) set "
+                f"teacher.trust_pickle: true (--trust-pickle on the command line).")
     if str(edm_repo.resolve()) not in sys.path:
         sys.path.insert(0, str(edm_repo.resolve()))
     try:

@@ -218,7 +218,8 @@ def inception_score(folder: str | Path, space: FeatureSpace, splits: int = 10, b
     return {"is": float(np.mean(scores)), "is_std": float(np.std(scores)), "n": len(files), "splits": splits}
 
 
-def cifar10_reference(root: str | Path, split: str, space: FeatureSpace, workdir: str | Path) -> np.ndarray:
+def cifar10_reference(root: str | Path, split: str, space: FeatureSpace, workdir: str | Path,
+                      check_md5: bool = True) -> np.ndarray:
     """Features of the CIFAR-10 'train' (50,000) or 'test' (10,000) images from their on-disk files
     (getlib.data.cifar10), through the same folder-and-clean-fid road as generated images."""
     from getlib.data import cifar10
@@ -226,7 +227,7 @@ def cifar10_reference(root: str | Path, split: str, space: FeatureSpace, workdir
         raise ValueError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
     folder = Path(workdir) / f"cifar10-{split}"
     if not folder.exists():
-        write_images(cifar10(root, train=split == "train")[0], folder)
+        write_images(cifar10(root, train=split == "train", check_md5=check_md5)[0], folder)
     return folder_features(folder, space)
 
 

@@ -89,7 +89,7 @@ def train_feature_net(images: Tensor, labels: Tensor, train_idx: Tensor, test_id
     if out_path is not None:
         atomic_torch_save({"state_dict": net.state_dict(), "in_channels": images.shape[1],
                            "num_classes": int(labels.max()) + 1, "image_size": images.shape[-1],
-                           "report": report}, out_path)
+                           "report": {k: v for k, v in report.items() if k != "seconds"}}, out_path)
     return net, report
 
 

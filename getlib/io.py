@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "atomic_save_npz", "file_sha256", "first_line"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "atomic_save_npz", "file_sha256", "first_line",
+           "atomic_copy", "inside", "remove_owned"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
@@ -64,3 +66,32 @@ def first_line(e: BaseException) -> str:
     """An exception's first line for an error message (its type when it has no text)."""
     lines = str(e).splitlines()
     return lines[0] if lines else type(e).__name__
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy `src` to `dst` through a temporary file and a rename."""
+    def write(f) -> None:
+        with open(src, "rb") as s:
+            for chunk in iter(lambda: s.read(1 << 20), b""):
+                f.write(chunk)
+    atomic_write(dst, write)
+
+
+def inside(path: str | Path, base: str | Path) -> bool:
+    """Whether `path` lies strictly inside `base`, after resolving '..' and symbolic links."""
+    path, base = Path(path).resolve(), Path(base).resolve()
+    return path != base and base in path.parents
+
+
+def remove_owned(path: str | Path, owner: str | Path) -> None:
+    """Delete the folder `path`, which must lie inside `owner` (the folder a stage owns); anything
+    else is refused. A symbolic link is removed as a link, never followed."""
+    path = Path(path)
+    base = Path(owner).resolve()
+    where = path.parent.resolve() / path.name   # the entry itself: a link is judged by where it lies
+    if base not in where.parents or (not path.is_symlink() and not inside(path, owner)):
+        raise ValueError(f"refusing to delete {path}: it is not inside {owner}, the folder this stage owns")
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)

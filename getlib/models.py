@@ -1,6 +1,6 @@
 """The Generative Equilibrium Transformer (GET) and its ViT baselines.
 
-Built to PAPER.md, "GET architecture (exact)". Both models map a noise image to an image in one
+Built to docs/paper.md, "The GET architecture". Both models map a noise image to an image in one
 network call: patchify + frozen 2D sin-cos positions -> transformer blocks -> LayerNorm + Linear
 decoder -> unpatchify. GET splits its blocks into an injection transformer (run once) and an
 equilibrium transformer f whose fixed point z* = f(z*) is decoded; the injection reaches every

@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,12 +33,15 @@ from torch.utils.data import Dataset
 
 from getlib.edm import Denoiser, SamplerConfig, edm_sampler, latents_for_seeds
 from getlib.io import atomic_write, atomic_write_json, file_sha256, first_line
+from getlib.provenance import RECORD, code_fingerprint, read_record, write_record
 
 __all__ = ["PairSpec", "generate_pairs", "PairDataset", "import_released_pairs", "read_manifest",
-           "verify_pairs", "released_bytes_per_pair", "pair_set_differences"]
+           "verify_pairs", "released_bytes_per_pair", "pair_set_differences", "pair_set_problems"]
 
 FORMAT = "getlib-pairs/1"
 MANIFEST = "manifest.json"
+VERIFIED = ".verified.json"     # which shard files (size, mtime) passed `verify_pairs` (a cache)
+SHARD_FILE = re.compile(r"shards/shard-\d{5}\.npy")
 # The authors' release stores a float32 latent and a float64 image per pair (37 GB per 1M CIFAR-10 pairs)
 RELEASED_BYTES_PER_VALUE = 4 + 8
 
@@ -61,6 +68,10 @@ class PairSpec:
         for key in ("num_pairs", "shard_size", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"pairs {key} must be >= 1, got {getattr(self, key)}")
+        if self.seed_start < 0:
+            raise ValueError(f"pairs seed_start must be >= 0, got {self.seed_start}")
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise ValueError(f"pairs image_shape must be (C, H, W) of positive sizes, got {self.image_shape}")
 
     @property
     def num_shards(self) -> int:
@@ -108,6 +119,11 @@ def _differences(have: object, want: object, prefix: str = "") -> list[str]:
     return [] if have == want else [f"{prefix.rstrip('.')}: existing {have!r}, asked {want!r}"]
 
 
+def _code() -> str:
+    """The fingerprint of the code that turns a teacher and seeds into pairs."""
+    return code_fingerprint("getlib.pairs")
+
+
 def pair_set_differences(root: str | Path, spec: PairSpec, teacher_id: dict, sampler: SamplerConfig) -> list[str]:
     """How the (possibly partial) pair set in `root` differs from these settings; [] if it matches
     or there is none."""
@@ -118,11 +134,39 @@ def pair_set_differences(root: str | Path, spec: PairSpec, teacher_id: dict, sam
     return _differences({k: manifest.get(k) for k in header}, header)
 
 
-def _check_same(root: Path, manifest: dict, header: dict) -> None:
-    diffs = _differences({k: manifest.get(k) for k in header}, header)
-    if diffs:
-        raise ValueError(f"{root / MANIFEST}: the existing pairs were made with other settings ("
-                         + "; ".join(diffs) + f"). Use another folder, or delete {root} to regenerate.")
+def pair_set_problems(root: str | Path, spec: PairSpec, teacher_id: dict, sampler: SamplerConfig) -> list[str]:
+    """Why the folder `root` cannot be finished or reused as the pair set `spec` made by this teacher,
+    sampler and code; [] when it can (or when there is nothing there). A finished set must pass
+    `verify_pairs`; an unfinished one's shards must each be complete, finite and hold their seeds."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    if not (root / MANIFEST).exists():
+        stray = sorted(p.name for p in root.iterdir() if p.name not in (RECORD, VERIFIED))
+        return [f"{root} holds {stray} but no {MANIFEST}"] if stray else []
+    try:
+        manifest = read_manifest(root, verify=False, complete=False)
+    except ValueError as e:
+        return [str(e)]
+    problems = _differences({k: manifest.get(k) for k in _header(spec, teacher_id, sampler, "seeds")},
+                            _header(spec, teacher_id, sampler, "seeds"))
+    record = read_record(root)
+    if record is None:
+        problems.append(f"{root} has no provenance record: the code that made it is unknown")
+    elif record.get("code") != _code():
+        problems.append(f"{root} was made by other code (getlib.pairs and what it imports changed since)")
+    if problems:
+        return problems
+    try:
+        if manifest["complete"]:
+            verify_pairs(root, manifest)
+        else:
+            for k in range(spec.num_shards):
+                if (root / shard_name(k)).exists():
+                    _check_shard(root / shard_name(k), spec, k)
+    except (OSError, ValueError) as e:
+        return [str(e)]
+    return []
 
 
 def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_id: dict,
@@ -136,12 +180,16 @@ def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_
     == r. Rank 0 writes the first manifest (under torchrun, let it run `start_pairs` and synchronise
     before the others start) and, once every shard is present, checksums them and writes the final
     manifest, which it returns; other ranks return None (synchronise, then call rank 0 again).
-    Existing shards are kept; a pair set made with other settings is refused.
+    Existing shards are kept when `pair_set_problems` finds nothing wrong; otherwise the folder is
+    refused with the reasons (a finished set is returned only after its checksums pass).
     """
     root = Path(root)
     header = _header(spec, teacher_id, sampler, "seeds")
+    problems = pair_set_problems(root, spec, teacher_id, sampler)
+    if problems:
+        raise ValueError(f"{root}: cannot finish or reuse this pair set: " + "; ".join(problems)
+                         + f". Use another folder, or delete {root} to regenerate.")
     existing = start_pairs(root, header) if rank == 0 else read_manifest(root, verify=False, complete=False)
-    _check_same(root, existing, header)
     if existing["complete"]:
         return existing if rank == 0 else None
     done = 0
@@ -161,7 +209,9 @@ def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_
                                  **asdict(sampler))
             records["seed"][lo:lo + len(batch)] = np.asarray(batch)
             records["label"][lo:lo + len(batch)] = -1 if labels is None else labels.numpy()
-            records["image"][lo:lo + len(batch)] = images.cpu().numpy().astype(spec.image_dtype)
+            with np.errstate(over="ignore"):   # an overflow becomes inf, refused below
+                records["image"][lo:lo + len(batch)] = images.cpu().numpy().astype(spec.image_dtype)
+        _refuse_non_finite(records, f"{path} (seeds {seeds.start}..{seeds.stop - 1})")
         _write_shard(path, records)
         done += 1
         if progress:
@@ -171,9 +221,37 @@ def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_
     return None
 
 
+def _refuse_non_finite(records: np.ndarray, where: str) -> None:
+    """Refuse records with a NaN or infinite image or latent value, naming the first bad one."""
+    for name in ("image", "latent"):
+        if name in records.dtype.names:
+            bad = ~np.isfinite(records[name].reshape(len(records), -1)).all(1)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                seed = int(records["seed"][i])
+                raise ValueError(f"{where}: {int(bad.sum())} pair(s) have non-finite {name} values; the first is "
+                                 f"record {i}" + (f" (seed {seed})" if seed >= 0 else "") + ": the teacher (or "
+                                 "the source files) produced NaN or inf, or the values overflow the image_dtype")
+
+
+def _check_shard(path: Path, spec: PairSpec, k: int) -> None:
+    """An unfinished set's shard k: readable, of its records' type and count, its seeds, finite."""
+    seeds = spec.shard_seeds(k)
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: truncated or corrupt shard ({first_line(e)})") from e
+    dtype = record_dtype(spec.image_shape, spec.image_dtype, False)
+    if arr.dtype != dtype or arr.shape != (len(seeds),) or not np.array_equal(arr["seed"], np.asarray(seeds)):
+        raise ValueError(f"{path}: does not hold the {len(seeds)} records of seeds {seeds.start}..{seeds.stop - 1}")
+    _refuse_non_finite(arr, str(path))
+
+
 def start_pairs(root: Path, header: dict) -> dict:
-    """The manifest of the pair set in `root`, first written (incomplete) if there is none."""
+    """The manifest of the pair set in `root`, first written (incomplete, with the provenance
+    record of the code that makes it) if there is none."""
     if not (root / MANIFEST).exists():
+        write_record(root, {"code": _code()})
         atomic_write_json(root / MANIFEST, {**header, "complete": False, "shards": []})
     return read_manifest(root, verify=False, complete=False)
 
@@ -199,20 +277,20 @@ def _finalise(root: Path, header: dict, spec: PairSpec) -> dict:
 # Reading and checking
 # ------------------------------------------------------------------------------------------------
 
-def read_manifest(root: str | Path, verify: bool | str = "size", complete: bool = True) -> dict:
-    """The manifest of a pair set, checked: verify='size' checks every shard's length,
-    'sha256' (or True) its checksum too; False checks nothing beyond the manifest itself."""
+def read_manifest(root: str | Path, verify: bool | str = True, complete: bool = True) -> dict:
+    """The manifest of a pair set, checked: verify=True (or 'sha256') checks every shard's
+    checksum, record type, count and finiteness (`verify_pairs`, once per unchanged set); 'size'
+    only the type and count; False nothing beyond the manifest itself."""
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"no pair set at {root} (missing {MANIFEST}): generate the pairs first")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    if complete and not manifest.get("complete"):
+    _check_manifest(path, manifest)
+    if complete and not manifest["complete"]:
         raise ValueError(f"{path}: the pair set is incomplete (generation was interrupted): "
                          f"run the generation again to finish it")
     if verify:
@@ -220,23 +298,74 @@ def read_manifest(root: str | Path, verify: bool | str = "size", complete: bool 
     return manifest
 
 
+def _check_manifest(path: Path, m: object) -> None:
+    """The manifest's structure: every key the readers use, of the right kind; shard files only
+    under shards/ (a manifest cannot point elsewhere)."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{path}: not a pair set manifest: {what}")
+    need(isinstance(m, dict), f"expected a JSON object, got {type(m).__name__}")
+    need(m.get("format") == FORMAT, f"format {m.get('format')!r}, expected {FORMAT!r}")
+    spec = m.get("spec")
+    need(isinstance(spec, dict), "'spec' must be an object")
+    shape = spec.get("image_shape")
+    need(isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape),
+         f"spec.image_shape must be three positive integers, got {shape!r}")
+    need(spec.get("image_dtype") in ("float16", "float32"), f"spec.image_dtype {spec.get('image_dtype')!r}")
+    need(spec.get("num_classes") is None or (isinstance(spec["num_classes"], int) and spec["num_classes"] > 0),
+         f"spec.num_classes {spec.get('num_classes')!r}")
+    need(m.get("latents") in ("seeds", "stored"), f"latents {m.get('latents')!r}, expected 'seeds' or 'stored'")
+    need(isinstance(m.get("complete"), bool), "'complete' must be true or false")
+    shards = m.get("shards")
+    need(isinstance(shards, list), "'shards' must be a list")
+    if m["complete"]:
+        for i, s in enumerate(shards):
+            need(isinstance(s, dict) and isinstance(s.get("file"), str) and SHARD_FILE.fullmatch(s["file"]),
+                 f"shards[{i}].file must be shards/shard-NNNNN.npy, got {s.get('file') if isinstance(s, dict) else s!r}")
+            need(isinstance(s.get("count"), int) and s["count"] >= 0, f"shards[{i}].count {s.get('count')!r}")
+            need(isinstance(s.get("sha256"), str) and len(s["sha256"]) == 64, f"shards[{i}].sha256 {s.get('sha256')!r}")
+        need(len(shards) > 0, "a complete pair set lists no shards")
+        for key in ("num_pairs", "bytes_per_pair", "bytes_per_pair_vs_released"):
+            need(isinstance(m.get(key), (int, float)), f"'{key}' must be a number")
+
+
 def verify_pairs(root: Path, manifest: dict, checksums: bool = True) -> None:
+    """Check every shard the manifest lists: present, of the manifest's record type and count,
+    and (checksums) its sha256 and finite values. A full check is remembered in `.verified.json`
+    against the manifest's sha256 and each shard's size and modification time, so that a set is
+    read in full once, not at every stage that opens it; any change to a file checks it again."""
+    root = Path(root)
     spec = manifest["spec"]
     dtype = record_dtype(tuple(spec["image_shape"]), spec["image_dtype"], manifest["latents"] == "stored")
+    stamps = {}
     for shard in manifest["shards"]:
         path = root / shard["file"]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: shard listed in the manifest is missing")
+        stat = path.stat()
+        stamps[shard["file"]] = [stat.st_size, stat.st_mtime_ns]
+    key = {"manifest_sha256": file_sha256(root / MANIFEST), "shards": stamps}
+    if checksums and read_record(root, VERIFIED) == key:
+        return
+    for shard in manifest["shards"]:
+        path = root / shard["file"]
         try:
             arr = np.load(path, mmap_mode="r")
-        except ValueError as e:
-            raise ValueError(f"{path}: truncated or corrupt shard ({e})") from e
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: truncated or corrupt shard ({first_line(e)})") from e
         if arr.dtype != dtype or arr.shape != (shard["count"],):
             raise ValueError(f"{path}: holds {arr.shape} records of {arr.dtype}, manifest says "
                              f"({shard['count']},) of {dtype}")
-        if checksums and file_sha256(path) != shard["sha256"]:
-            raise ValueError(f"{path}: sha256 does not match the manifest: the shard is corrupt; "
-                             f"delete it and run the generation again to rebuild it")
+        if checksums:
+            if file_sha256(path) != shard["sha256"]:
+                raise ValueError(f"{path}: sha256 does not match the manifest: the shard is corrupt; "
+                                 f"delete the pair set and generate it again")
+            _refuse_non_finite(arr, str(path))
+    if checksums:
+        try:
+            write_record(root, key, VERIFIED)
+        except OSError:   # a read-only pair set is checked in full every time
+            pass
 
 
 class PairDataset(Dataset):
@@ -245,10 +374,11 @@ class PairDataset(Dataset):
     Latents are regenerated from the seeds (or read, for imported data); images are float32;
     label is -1 for unconditional data. With world_size > 1, rank r reads the shards k with
     k % world_size == r, and every rank sees the same number of pairs (the smallest rank's count),
-    so DDP ranks run the same number of steps.
+    so DDP ranks run the same number of steps. The set is verified first (`read_manifest`): its
+    checksums and finite values, once per unchanged set.
     """
 
-    def __init__(self, root: str | Path, rank: int = 0, world_size: int = 1, verify: bool | str = "size",
+    def __init__(self, root: str | Path, rank: int = 0, world_size: int = 1, verify: bool | str = True,
                  expect: dict | None = None):
         self.root = Path(root)
         self.manifest = read_manifest(self.root, verify=verify)
@@ -320,10 +450,13 @@ class PairDataset(Dataset):
 # ------------------------------------------------------------------------------------------------
 
 def _released_files(folder: Path) -> list[Path]:
-    try:
-        return sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: int(p.name.split(".")[0]))
-    except ValueError as e:
-        raise ValueError(f"{folder}: released pair files are named <last seed>.pkl; found another name") from e
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder (the released pairs hold latent/ and image/)")
+    files = [p for p in folder.iterdir() if p.is_file()]
+    stray = sorted(p.name for p in files if not re.fullmatch(r"\d+\.pkl", p.name))
+    if stray:
+        raise ValueError(f"{folder}: released pair files are named <last seed>.pkl; found {stray}")
+    return sorted(files, key=lambda p: int(p.stem))
 
 
 def import_released_pairs(src: str | Path, root: str | Path, num_classes: int | None = None,
@@ -331,16 +464,33 @@ def import_released_pairs(src: str | Path, root: str | Path, num_classes: int | 
     """Convert the authors' pair folder (`latent/` and `image/` of torch.save shards, matched by
     name; conditional latent files hold [latents, one-hot labels]) into this format.
 
-    Files are read one pair at a time with weights_only=True and written out shard by shard.
-    Their latents cannot come from our seeds, so they are stored (float32); seeds are recorded as -1.
-    Returns the manifest.
+    Files are read one file at a time with weights_only=True and written out shard by shard into a
+    temporary folder beside `root`, which is renamed to `root` only when the import is complete (a
+    failed import leaves nothing that looks like a pair set). Their latents cannot come from our
+    seeds, so they are stored (float32); seeds are recorded as -1. Non-finite values are refused,
+    naming the file. Returns the manifest.
     """
     src, root = Path(src), Path(root)
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ValueError(f"{root}: not empty; import the released pairs into a new folder")
     lat_files, img_files = _released_files(src / "latent"), _released_files(src / "image")
     if not lat_files or [p.name for p in lat_files] != [p.name for p in img_files]:
         raise ValueError(f"{src}: latent/ and image/ must hold the same, non-empty list of files")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.", suffix=".partial"))
+    try:
+        manifest = _import(src, partial, lat_files, img_files, num_classes, image_dtype, shard_size)
+        if root.exists():
+            root.rmdir()   # the empty folder checked above
+        os.replace(partial, root)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _import(src: Path, root: Path, lat_files: list[Path], img_files: list[Path], num_classes: int | None,
+            image_dtype: str, shard_size: int) -> dict:
     buffer: list[np.ndarray] = []
     buffered = n_shards = total = 0
     image_shape = None
@@ -378,7 +528,9 @@ def import_released_pairs(src: str | Path, root: str | Path, num_classes: int | 
             raise ValueError(f"{ip}: image shape {tuple(img.shape[1:])}, earlier files {image_shape}")
         rec = np.zeros(len(img), dtype=record_dtype(image_shape, image_dtype, True))
         rec["seed"], rec["label"] = -1, -1 if labels is None else labels
-        rec["image"], rec["latent"] = img.numpy().astype(image_dtype), lat.float().numpy()
+        with np.errstate(over="ignore"):   # an overflow becomes inf, refused below
+            rec["image"], rec["latent"] = img.numpy().astype(image_dtype), lat.float().numpy()
+        _refuse_non_finite(rec, f"{lp} / {ip}")
         buffer.append(rec)
         buffered += len(rec)
         total += len(rec)
@@ -397,9 +549,10 @@ def import_released_pairs(src: str | Path, root: str | Path, num_classes: int | 
 # Command line: python -m getlib.pairs ... (torchrun for several GPUs)
 # ------------------------------------------------------------------------------------------------
 
-def teacher_from_checkpoint(path: str | Path, edm_repo: str | Path | None = None) -> tuple[Denoiser, dict]:
-    """The teacher in `path` and its identity: an official EDM pickle (.pkl, needs `edm_repo`) or
-    an embedded teacher written by `teacher.train_teacher`."""
+def teacher_from_checkpoint(path: str | Path, edm_repo: str | Path | None = None,
+                            trust_pickle: bool = False) -> tuple[Denoiser, dict]:
+    """The teacher in `path` and its identity: an official EDM pickle (.pkl, needs `edm_repo`;
+    another pickle only with `trust_pickle`) or an embedded teacher written by `teacher.train_teacher`."""
     from getlib.edm import load_edm_checkpoint
     from getlib.teacher import load_teacher
 
@@ -407,7 +560,7 @@ def teacher_from_checkpoint(path: str | Path, edm_repo: str | Path | None = None
     if path.suffix == ".pkl":
         if edm_repo is None:
             raise ValueError(f"{path} is an EDM pickle: give the EDM repository folder (--edm-repo)")
-        denoise, kind = load_edm_checkpoint(path, edm_repo), "edm"
+        denoise, kind = load_edm_checkpoint(path, edm_repo, trust=trust_pickle), "edm"
     else:
         denoise, kind = load_teacher(path), "embedded"
     return denoise, {"kind": kind, "checkpoint": path.name, "sha256": file_sha256(path)}
@@ -424,6 +577,8 @@ def main(argv: list[str] | None = None) -> None:
         "Under torchrun every rank generates its share of the shards."))
     ap.add_argument("--teacher", required=True, help="embedded teacher .pt or official EDM .pkl")
     ap.add_argument("--edm-repo", help="folder of github.com/NVlabs/edm (for .pkl teachers)")
+    ap.add_argument("--trust-pickle", action="store_true",
+                    help="unpickle a .pkl teacher that is not one of the official checkpoints (it runs code)")
     ap.add_argument("--out", required=True, help="pair set folder")
     ap.add_argument("--num-pairs", type=int, required=True)
     ap.add_argument("--seed-start", type=int, default=0)
@@ -446,7 +601,7 @@ def main(argv: list[str] | None = None) -> None:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
-    denoise, teacher_id = teacher_from_checkpoint(args.teacher, args.edm_repo)
+    denoise, teacher_id = teacher_from_checkpoint(args.teacher, args.edm_repo, args.trust_pickle)
     denoise = denoise.to(device)
     spec = PairSpec(num_pairs=args.num_pairs, image_shape=tuple(args.image_shape), num_classes=args.num_classes,
                     seed_start=args.seed_start, shard_size=args.shard_size, image_dtype=args.image_dtype,

@@ -12,9 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 
 from getlib import data as datasets
@@ -32,10 +29,10 @@ from getlib.evaluate import (FeatureSpace, compare, digits_feature_space, folder
                              iteration_sweep, sample_student, score_images, training_cost,
                              write_images, write_results)
 from getlib.features import load_feature_net, split_indices, train_feature_net
-from getlib.io import atomic_save_npz, atomic_write, atomic_write_json, file_sha256
+from getlib.io import atomic_copy, atomic_save_npz, atomic_write, atomic_write_json, remove_owned
 from getlib.models import GET
-from getlib.pairs import PairSpec, generate_pairs, pair_set_differences, read_manifest, teacher_from_checkpoint
-from getlib.train import TrainConfig, load_student, resumable_changes, train
+from getlib.pairs import PairSpec, generate_pairs, pair_set_problems, read_manifest, teacher_from_checkpoint
+from getlib.train import load_student, resume_problems, run_summary, train, training_log
 
 __all__ = ["prepare_data", "load_data", "make_features", "feature_space", "make_teacher", "load_teacher_of",
            "make_pairs", "distill", "evaluate", "make_figures", "device_of", "Dataset"]
@@ -101,8 +98,8 @@ def prepare_data(p: Params) -> dict:
         train_raw, train_labels, held_raw, held_labels = raw[train_idx], labels[train_idx], raw[held_idx], labels[held_idx]
     else:  # cifar10: its own train / test split (the test images are the held-out set)
         root = _path(p, p.data.root)
-        train_raw, train_labels = datasets.cifar10(root, train=True)
-        held_raw, held_labels = datasets.cifar10(root, train=False)
+        train_raw, train_labels = datasets.cifar10(root, train=True, check_md5=p.data.check_md5)
+        held_raw, held_labels = datasets.cifar10(root, train=False, check_md5=p.data.check_md5)
         levels = 255
     for name, x in (("train", train_raw), ("held-out", held_raw)):
         if x.ndim != 4 or x.shape[-1] != x.shape[-2] or x.shape[1] not in (1, 3):
@@ -178,17 +175,27 @@ def _mkdir(path: Path) -> Path:
 # ------------------------------------------------------------------------------------------------
 
 def teacher_file(p: Params, condition: str) -> Path:
+    """The teacher stage's file for `condition`, by the profile's teacher.source: teacher.pt
+    (trained here) or the copy of the EDM checkpoint that teacher.checkpoints names."""
     folder = p.work("teacher", condition)
-    found = sorted(folder.glob("*.pkl")) + sorted(folder.glob("teacher.pt"))
-    if not found:
-        raise FileNotFoundError(f"no teacher in {folder}: run the teacher@{condition} stage first")
-    return found[0]
+    if p.teacher.source == "train":
+        path = folder / "teacher.pt"
+    else:
+        name = p.teacher.checkpoints.get(condition)
+        if name is None:
+            raise ParamsError(f"teacher.checkpoints.{condition} is not set: name the EDM .pkl for the "
+                              f"{condition} teacher (see README, CIFAR-10 profiles)")
+        path = folder / Path(name).name
+    if not path.is_file():
+        raise FileNotFoundError(f"no teacher at {path}: run the teacher@{condition} stage first")
+    return path
 
 
 def load_teacher_of(p: Params, condition: str) -> tuple[nn.Module, dict]:
     """The teacher denoiser D(x, sigma, labels) of `condition` and its identity (kind, sha256)."""
     return teacher_from_checkpoint(teacher_file(p, condition),
-                                   _path(p, p.teacher.edm_repo) if p.teacher.edm_repo else None)
+                                   _path(p, p.teacher.edm_repo) if p.teacher.edm_repo else None,
+                                   trust_pickle=p.teacher.trust_pickle)
 
 
 def make_teacher(p: Params, condition: str, log=None) -> dict:
@@ -197,11 +204,7 @@ def make_teacher(p: Params, condition: str, log=None) -> dict:
     from getlib.teacher import TeacherConfig, train_teacher
     if p.teacher.source == "checkpoint":
         src = p.teacher.checkpoint(condition, p.root)
-        folder = _mkdir(p.work("teacher", condition))
-        dst = folder / src.name
-        tmp = folder / f".{src.name}.tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        atomic_copy(src, p.work("teacher", condition, src.name))
         denoise, ident = load_teacher_of(p, condition)
         summary = {"condition": condition, **ident, "params": sum(x.numel() for x in denoise.parameters())}
     else:
@@ -228,15 +231,17 @@ def pair_spec(p: Params, condition: str) -> PairSpec:
 def make_pairs(p: Params, condition: str, progress=None) -> dict:
     """Generate (or finish) the pair set of `condition` into work/<profile>/pairs/<condition>.
 
-    A pair set left by other settings (another teacher, count or sampler) is replaced; one
-    interrupted with the same settings is resumed. With pairs.nproc > 1 it runs under torchrun."""
+    DVC keeps this folder between runs (persist) so that an interrupted generation resumes. It is
+    resumed, or a finished one reused, only when `pair_set_problems` finds nothing: same settings,
+    teacher, sampler and code, every shard intact. Otherwise it is replaced, and the reason printed
+    (a finished set is also in DVC's cache). With pairs.nproc > 1 it runs under torchrun."""
     root = p.work("pairs", condition)
     spec = pair_spec(p, condition)
     denoise, ident = load_teacher_of(p, condition)
-    if pair_set_differences(root, spec, ident, p.sampler):
-        # DVC keeps this output between runs so that an interrupted generation resumes; a set made
-        # with other settings is replaced (when it was finished, DVC's cache still holds it)
-        shutil.rmtree(root)
+    problems = pair_set_problems(root, spec, ident, p.sampler)
+    if problems:
+        print(f"{root}: generating anew: {'; '.join(problems)}", flush=True)
+        remove_owned(root, p.work("pairs"))
     start = time.perf_counter()
     if p.pairs.nproc > 1:
         args = ["--teacher", str(teacher_file(p, condition)), "--out", str(root), "--num-pairs", str(spec.num_pairs),
@@ -248,6 +253,8 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
             args += ["--num-classes", str(spec.num_classes)]
         if p.teacher.edm_repo:
             args += ["--edm-repo", str(_path(p, p.teacher.edm_repo))]
+        if p.teacher.trust_pickle:
+            args += ["--trust-pickle"]
         _torchrun(p.pairs.nproc, "getlib.pairs", args)
         manifest = read_manifest(root)
     else:
@@ -274,42 +281,28 @@ def _torchrun(nproc: int, module: str, args: list[str]) -> None:
 # ------------------------------------------------------------------------------------------------
 
 def distill(p: Params, key: str) -> dict:
-    """Train student `key` on its condition's pairs (resuming an interrupted run with the same
-    settings; a run left by other settings is replaced); copy its log into results/."""
+    """Train student `key` on its condition's pairs; copy its log into results/.
+
+    DVC keeps the run folder between runs (persist) so that an interrupted run resumes from its
+    checkpoint. It is resumed (a finished one reused) only when `train.resume_problems` finds
+    nothing: same settings, pair set, training code, and an intact checkpoint. Otherwise the folder
+    is replaced and the reason printed (a finished run is also in DVC's cache)."""
     cfg = p.train_config(key)
     out = Path(cfg.out)
     nproc = p.nproc(key)
-    _drop_stale_run(out, cfg, nproc)
+    problems = resume_problems(cfg, nproc)
+    if problems:
+        print(f"{out}: starting anew: {'; '.join(problems)}", flush=True)
+        remove_owned(out, p.work("students"))
     if nproc > 1:
-        out.mkdir(parents=True, exist_ok=True)
         settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
-        atomic_write(out / "config.yaml", lambda f: f.write(yaml.safe_dump(settings).encode()))
-        _torchrun(nproc, "getlib.train", ["--config", str(out / "config.yaml")])
-        summary = json.loads((out / "run.json").read_text())
+        _torchrun(nproc, "getlib.train", [a for k, v in settings.items() for a in (f"--{k}", json.dumps(v))])
+        summary = run_summary(out)
     else:
         summary = train(cfg)
-    shutil.copyfile(out / "metrics.csv", _mkdir(p.results("train")) / f"{key}.csv")
+    _write_csv(training_log(out), p.results("train", f"{key}.csv"))   # with the wall-clock columns
     atomic_write_json(p.results("train", f"{key}.json"), {k: v for k, v in summary.items() if k != "config"})
     return summary
-
-
-def _drop_stale_run(out: Path, cfg: TrainConfig, nproc: int) -> None:
-    """Keep a checkpoint that `train` can resume; remove a run folder left by other settings (DVC
-    keeps this output between runs for resuming; a finished run is also in DVC's cache)."""
-    ckpt = out / "checkpoints" / "latest.pt"
-    if not ckpt.exists():
-        if out.exists():
-            shutil.rmtree(out)
-        return
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]
-    want = {**vars(cfg), "pairs": str(Path(cfg.pairs).resolve())}
-    changed = [k for k in want if k not in resumable_changes(cfg) and _norm(saved.get(k)) != _norm(want[k])]
-    if changed or saved.get("world_size") != nproc:
-        shutil.rmtree(out)
-
-
-def _norm(v: object) -> object:
-    return list(v) if isinstance(v, tuple) else v
 
 
 # ------------------------------------------------------------------------------------------------
@@ -578,6 +571,16 @@ def _curve_figures(p: Params, comparison: list[dict]) -> list[Path]:
                                "training activations (KiB per image)": memory},
                               p.results("figures", "speed_and_memory.png"), "Speed and memory"))
     return written
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    import csv
+    import io
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def _read_json(path: Path) -> list:

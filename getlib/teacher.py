@@ -183,8 +183,10 @@ def train_teacher(images: Tensor, labels: Tensor | None, cfg: TeacherConfig, out
             log(dict(step=step, loss=loss_avg, lr=opt.param_groups[0]["lr"], ema_beta=beta,
                      seconds=time.perf_counter() - start))
     summary = dict(steps=step, images_seen=seen, seconds=time.perf_counter() - start, final_loss=loss_avg)
+    # the file is a pure function of the data and settings: no timings in it (they are returned)
     atomic_torch_save({"config": asdict(cfg), "img_channels": images.shape[1], "num_classes": num_classes,
-                       "ema": ema.state_dict(), "summary": summary}, Path(out_path))
+                       "ema": ema.state_dict(), "summary": {k: v for k, v in summary.items() if k != "seconds"}},
+                      Path(out_path))
     return summary
 
 

@@ -38,11 +38,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from getlib.deq import DEQConfig, fp_correction
 from getlib.ema import ema_beta, update_ema
-from getlib.io import atomic_torch_save, atomic_write, atomic_write_json
+from getlib.io import atomic_torch_save, atomic_write, atomic_write_json, file_sha256, first_line
 from getlib.models import GET, ViT_models, build_model, count_params
-from getlib.pairs import PairDataset
+from getlib.pairs import MANIFEST, PairDataset
+from getlib.provenance import RECORD, code_fingerprint, read_record, write_record
 
-__all__ = ["TrainConfig", "train", "load_student", "TrainingDiverged", "learning_rate", "resumable_changes", "main"]
+__all__ = ["TrainConfig", "train", "load_student", "TrainingDiverged", "learning_rate", "resumable_changes",
+           "resume_problems", "main"]
 
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 # Settings a resumed run may change; any other difference from the checkpoint is refused.
@@ -96,6 +98,19 @@ class TrainConfig:
         for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "sample_every"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        for key, ok, rule in (
+                ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+                ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
+                ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "> 0 or null"),
+                ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
+                ("ema_halflife_images", self.ema_halflife_images is None or self.ema_halflife_images > 0, "> 0 or null"),
+                ("ema_rampup_ratio", self.ema_rampup_ratio is None or self.ema_rampup_ratio >= 0, ">= 0 or null"),
+                ("time_budget_s", self.time_budget_s is None or self.time_budget_s > 0, "> 0 or null"),
+                ("num_samples", self.num_samples >= 1, ">= 1"), ("num_workers", self.num_workers >= 0, ">= 0"),
+                ("seed", self.seed >= 0, ">= 0"), ("explode_factor", self.explode_factor > 1, "> 1")):
+            if not ok:   # (comparisons with NaN are false: NaN is refused too)
+                raise ValueError(f"{key} must be {rule}, got {getattr(self, key)!r}")
         if self.snapshot_every is not None and self.snapshot_every < 1:
             raise ValueError(f"snapshot_every must be a positive integer or null, got {self.snapshot_every!r}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -234,13 +249,85 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * warm
 
 
-def _check_resumable(saved: dict, cfg: TrainConfig, world: int, path: Path) -> None:
-    now = {**dataclasses.asdict(cfg), "pairs": str(Path(cfg.pairs).resolve()), "world_size": world}
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-             if k not in resumable_changes(cfg) and _jsonable(saved.get(k)) != _jsonable(now[k])]
-    if diffs:
-        raise ValueError(f"{path} was trained with other settings ({'; '.join(diffs)}); "
-                         f"use another out folder or delete it to start over")
+CHECKPOINT_KEYS = {"step", "images_seen", "config", "recent_losses", "model", "ema", "opt"}
+# Wall-clock per logged step: beside metrics.csv, listed in .dvcignore (a run folder's files are a
+# pure function of its pairs, settings and code; timings are not, so they are kept apart).
+TIMING = "timing.csv"
+
+
+def _load_checkpoint(path: Path) -> dict:
+    """A training checkpoint written by `train`, or an error naming the file."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # truncated, not a torch file, or holding objects weights_only refuses
+        raise ValueError(f"{path}: not a readable training checkpoint ({type(e).__name__}: {first_line(e)})") from e
+    missing = sorted(CHECKPOINT_KEYS - set(saved)) if isinstance(saved, dict) else ["(not a dict)"]
+    if missing or not isinstance(saved["config"], dict):
+        raise ValueError(f"{path}: not a training checkpoint written by getlib.train (lacks {missing or ['config']})")
+    return saved
+
+
+def _provenance(cfg: TrainConfig) -> dict:
+    """What a run's weights depend on beyond its settings: its pair set and the training code."""
+    return {"pairs_manifest_sha256": file_sha256(Path(cfg.pairs) / MANIFEST), "code": code_fingerprint("getlib.train")}
+
+
+def resume_problems(cfg: TrainConfig, world: int = 1) -> list[str]:
+    """Why the run folder `cfg.out` cannot be resumed (or, finished, reused) with `cfg` on `world`
+    processes; [] when it can, or when it holds nothing. A run is resumed only when its settings
+    (all but `resumable_changes`), its pair set's manifest, the training code (getlib.train's import
+    closure) and its checkpoint's recorded sha256 all agree."""
+    out = Path(cfg.out)
+    ckpt = _checkpoint_path(out)
+    if not out.is_dir() or not any(p.name != RECORD for p in out.iterdir()):
+        return []
+    if not ckpt.is_file():
+        return [f"{out} holds files but no checkpoint ({ckpt.relative_to(out)})"]
+    record = read_record(out)
+    if record is None:
+        return [f"{out} has no provenance record ({RECORD}): the pair set and code that made it are unknown"]
+    now = _provenance(cfg)
+    problems = []
+    if record.get("pairs_manifest_sha256") != now["pairs_manifest_sha256"]:
+        problems.append(f"its pair set changed ({Path(cfg.pairs) / MANIFEST} is not the one it was trained on)")
+    if record.get("code") != now["code"]:
+        problems.append("the training code changed (getlib.train or a module it imports)")
+    if record.get("checkpoint_sha256") != file_sha256(ckpt):
+        problems.append(f"{ckpt}: sha256 does not match the one recorded when it was written")
+    if problems:
+        return problems
+    try:
+        saved = _load_checkpoint(ckpt)["config"]
+    except ValueError as e:
+        return [str(e)]
+    now = {**_settings(cfg), "world_size": world}
+    return [f"setting {k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
+            if k not in resumable_changes(cfg) and _jsonable(saved.get(k)) != _jsonable(now[k])]
+
+
+def _settings(cfg: TrainConfig) -> dict:
+    """The run's settings as its files record them: without the pair set's and the run's paths (the
+    pair set is identified by its manifest's sha256 in the run record), so that the files do not
+    depend on where the project lies."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("pairs", "out")}
+
+
+def run_summary(out: str | Path) -> dict:
+    """A finished run's summary: out/run.json and the wall-clock seconds from its run record."""
+    out = Path(out)
+    return {**json.loads((out / "run.json").read_text()), "seconds": (read_record(out) or {}).get("seconds")}
+
+
+def training_log(out: str | Path) -> list[dict]:
+    """The run's logged rows (metrics.csv) with their wall-clock columns (timing.csv) joined by step."""
+    out = Path(out)
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    timing = {}
+    if (out / TIMING).exists():
+        with open(out / TIMING, newline="") as f:
+            timing = {r["step"]: r for r in csv.DictReader(f)}
+    return [{**r, **{k: v for k, v in timing.get(r["step"], {}).items() if k != "step"}} for r in rows]
 
 
 def _jsonable(v: object) -> object:
@@ -268,10 +355,11 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = _build(cfg, pairs)
     device = _device(cfg, local_rank)
-    saved = None
-    if _checkpoint_path(out).exists():  # resume: refuse other settings before anything starts
-        saved = torch.load(_checkpoint_path(out), map_location="cpu", weights_only=True)
-        _check_resumable(saved["config"], cfg, world, _checkpoint_path(out))
+    problems = resume_problems(cfg, world)   # refuse a folder it cannot resume before anything starts
+    if problems:
+        raise ValueError(f"{out}: cannot resume this run: {'; '.join(problems)}. Use another out folder, "
+                         f"or delete it to start over")
+    saved = _load_checkpoint(_checkpoint_path(out)) if _checkpoint_path(out).exists() else None
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
@@ -298,13 +386,15 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
         model.load_state_dict(saved["model"])
         ema.load_state_dict(saved["ema"])
         opt.load_state_dict(saved["opt"])
-        step, images_seen, wall_before = saved["step"], saved["images_seen"], saved["seconds"]
+        step, images_seen, wall_before = saved["step"], saved["images_seen"], read_record(out).get("seconds", 0.0)
         recent = list(saved["recent_losses"])
     else:
         recent = []
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        for log in ("metrics.csv", "samples.csv"):
+        record = read_record(out) if saved is not None else {**_provenance(cfg), "checkpoint_sha256": None}
+        write_record(out, record)
+        for log in ("metrics.csv", "samples.csv", TIMING):
             _trim_log(out / log, step)
 
     net = model
@@ -323,8 +413,7 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
     start = time.perf_counter()
     log_t, log_images = start, 0
     bar = _progress(cfg, rank, step)
-    metrics_file = open(out / "metrics.csv", "a", newline="") if rank == 0 else None
-    writer = None
+    logs = _Logs(out) if rank == 0 else None
     stopped_by = "max_steps"
     for latent, image, label, z0 in loader:
         latent, image = latent.to(device, non_blocking=True), image.to(device, non_blocking=True)
@@ -338,8 +427,7 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
             loss, per_state = fp_correction(lambda p, t: loss_fn(p.float(), t), preds, image, cfg.gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-                     if cfg.grad_clip else float("nan"))
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item() if cfg.grad_clip else None
         value = loss.detach()
         if distributed:
             dist.all_reduce(value)
@@ -363,26 +451,24 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
         if rank == 0:
             if step % cfg.log_every == 0 or last:
                 now = time.perf_counter()
-                row = {"step": step, "loss": value, **{f"loss_state{k + 1}": float(l) for k, l in enumerate(per_state)},
-                       "lr": lr, "ema_beta": beta, "grad_norm": grad_norm,
-                       "images_per_s": log_images / max(now - log_t, 1e-9), "seconds": elapsed}
+                logs.write("metrics.csv", {
+                    "step": step, "loss": value, **{f"loss_state{k + 1}": float(l) for k, l in enumerate(per_state)},
+                    "lr": lr, "ema_beta": beta, "grad_norm": _grad_norm(model) if grad_norm is None else grad_norm})
+                logs.write(TIMING, {"step": step, "images_per_s": log_images / max(now - log_t, 1e-9),
+                                    "seconds": elapsed})
                 log_t, log_images = now, 0
-                if writer is None:
-                    writer = csv.DictWriter(metrics_file, fieldnames=list(row))
-                    if metrics_file.tell() == 0:
-                        writer.writeheader()
-                writer.writerow(row)
-                metrics_file.flush()
             if step % cfg.sample_every == 0 or last:
                 _sample_report(ema, cfg, pairs, device, out, step)
             if cfg.snapshot_every and (step % cfg.snapshot_every == 0 or last):
                 atomic_torch_save(_student_blob(ema, cfg, {"step": step, "images_seen": images_seen}),
                                   out / "snapshots" / f"step-{step:07d}.pt")
             if step % cfg.ckpt_every == 0 or last:
-                config = {**dataclasses.asdict(cfg), "pairs": str(Path(cfg.pairs).resolve()), "world_size": world}
-                atomic_torch_save({"step": step, "images_seen": images_seen, "seconds": elapsed, "config": config,
+                config = {**_settings(cfg), "world_size": world}
+                atomic_torch_save({"step": step, "images_seen": images_seen, "config": config,
                                    "recent_losses": list(recent), "model": model.state_dict(),
                                    "ema": ema.state_dict(), "opt": opt.state_dict()}, ckpt_path)
+                record.update(checkpoint_sha256=file_sha256(ckpt_path), seconds=elapsed)
+                write_record(out, record)
         if bar is not None:
             bar.update(1)
             rate = (step - bar.initial) * cfg.batch_size / max(time.perf_counter() - start, 1e-9)
@@ -392,16 +478,44 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
             break
     if bar is not None:
         bar.close()
-    if metrics_file is not None:
-        metrics_file.close()
-    seconds = wall_before + time.perf_counter() - start
+    if logs is not None:
+        logs.close()
     summary = {"model": cfg.model, "params": count_params(model), "cond": cfg.cond, "steps": step,
-               "images_seen": images_seen, "seconds": seconds, "stopped_by": stopped_by, "world_size": world,
-               "device": str(device), "recipe": _recipe(model, cfg), "config": dataclasses.asdict(cfg)}
-    if rank == 0:
+               "images_seen": images_seen, "stopped_by": stopped_by, "world_size": world,
+               "device": str(device), "recipe": _recipe(model, cfg), "config": _settings(cfg)}
+    seconds = wall_before + time.perf_counter() - start
+    if rank == 0:   # the files hold no timings: the seconds go to the run record and the returned summary
         atomic_torch_save(_student_blob(ema, cfg, summary), out / "student.pt")
         atomic_write_json(out / "run.json", _jsonable(summary))
-    return summary
+        record["seconds"] = seconds
+        write_record(out, record)
+    return {**summary, "seconds": seconds}
+
+
+class _Logs:
+    """The run's CSV logs, appended a row at a time (a torn last line is repaired by `_trim_log`)."""
+
+    def __init__(self, out: Path):
+        self.out, self.files, self.writers = out, {}, {}
+
+    def write(self, name: str, row: dict) -> None:
+        if name not in self.files:
+            self.files[name] = f = open(self.out / name, "a", newline="")
+            self.writers[name] = csv.DictWriter(f, fieldnames=list(row))
+            if f.tell() == 0:
+                self.writers[name].writeheader()
+        self.writers[name].writerow(row)
+        self.files[name].flush()
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def _grad_norm(model: nn.Module) -> float:
+    """The total L2 norm of the gradients (before any clipping; the step left them unchanged)."""
+    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return torch.stack(norms).norm().item() if norms else 0.0
 
 
 def _student_blob(ema: nn.Module, cfg: TrainConfig, summary: dict) -> dict:
@@ -445,18 +559,32 @@ def _check_divergence(value: float, recent: list[float], step: int, cfg: TrainCo
 
 
 def _trim_log(path: Path, step: int) -> None:
-    """On resume, drop logged rows past the checkpoint's step (they will be logged again)."""
+    """On (re)start, drop logged rows past the checkpoint's step (they will be logged again) and
+    repair what a kill mid-append can leave: a last line without its newline, a short row."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    if not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]   # a torn last line
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    header = text.splitlines()[0].split(",") if text else []
+    if not header or header[0] != "step":
+        path.unlink()   # not even a whole header: the log starts again
         return
-    text = io.StringIO()
-    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    kept = [r for r in rows if None not in r and None not in r.values() and _int(r["step"]) is not None
+            and _int(r["step"]) <= step]
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=header)
     w.writeheader()
-    w.writerows(r for r in rows if int(r["step"]) <= step)
-    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    w.writerows(kept)
+    atomic_write(path, lambda f: f.write(out.getvalue().encode()))
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 @torch.no_grad()
@@ -493,9 +621,12 @@ def load_student(path: str | Path) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no student at {path}: run the distillation first")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(blob["model_name"], **blob["model_kwargs"])
-    model.load_state_dict(blob["ema"])
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(blob["model_name"], **blob["model_kwargs"])
+        model.load_state_dict(blob["ema"])
+    except Exception as e:   # truncated, another kind of file, or weights of another model
+        raise ValueError(f"{path}: not a student saved by getlib.train ({type(e).__name__}: {first_line(e)})") from e
     return model.eval().requires_grad_(False)
 
 

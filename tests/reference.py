@@ -1,4 +1,4 @@
-"""An independent, functional GET written from PAPER.md against the release's state-dict layout.
+"""An independent, functional GET written from docs/paper.md against the release's state-dict layout.
 
 It shares no code with getlib: explicit LayerNorm, softmax attention and erf-GELU on raw tensors,
 and torchdeq's own fixed-point solver for sampling. Tests use it as the "authors' model" that our

@@ -7,8 +7,8 @@ import yaml
 
 from getlib.config import ParamsError, load_params
 from getlib.models import GET_models, ViT_models
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
 
 

@@ -22,8 +22,12 @@ def test_cifar10_reads_its_on_disk_layout(tmp_path):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / name, "wb") as f:
             pickle.dump({"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 9]}, f)
-    x, y = cifar10(tmp_path, train=True)
+    # the files are pickles: only the published ones are opened, unless told otherwise
+    with pytest.raises(ValueError, match=f"{folder / 'data_batch_1'}: md5 .* is not the published "
+                                         "c99cafc152244af753f735de768cd75f.*data.check_md5"):
+        cifar10(tmp_path, train=True)
+    x, y = cifar10(tmp_path, train=True, check_md5=False)
     assert x.shape == (20, 3, 32, 32) and x.dtype == torch.uint8 and y.tolist()[:4] == [0, 1, 2, 9]
-    assert cifar10(tmp_path, train=False)[0].shape == (4, 3, 32, 32)
+    assert cifar10(tmp_path, train=False, check_md5=False)[0].shape == (4, 3, 32, 32)
     with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
         cifar10(tmp_path / "elsewhere")

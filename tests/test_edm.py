@@ -153,9 +153,19 @@ def fake_edm_repo(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-def test_edm_checkpoint_loads_through_the_edm_repo(fake_edm_repo):
+def test_edm_checkpoint_loads_through_the_edm_repo(fake_edm_repo, monkeypatch):
+    import getlib.edm as edm
+    from getlib.io import file_sha256
+
     repo, pkl = fake_edm_repo
-    net = load_edm_checkpoint(pkl, repo)
+    # unpickling runs code: a file that is not a pinned official checkpoint is refused unopened ...
+    monkeypatch.setattr(pickle, "load", lambda f: pytest.fail("unpickled an unpinned file"))
+    with pytest.raises(ValueError, match=f"{pkl}: sha256 {file_sha256(pkl)} is not an official.*trust_pickle"):
+        load_edm_checkpoint(pkl, repo)
+    monkeypatch.undo()
+    load_edm_checkpoint(pkl, repo, trust=True)   # ... unless trusted ...
+    monkeypatch.setitem(edm.EDM_CHECKPOINT_SHA256, "uncond", file_sha256(pkl))
+    net = load_edm_checkpoint(pkl, repo)          # ... or pinned
     assert not net.training and not any(p.requires_grad for p in net.parameters())
     assert (net.img_resolution, net.img_channels, net.label_dim) == (32, 3, 0)
     x = edm_sampler(net, torch.randn(2, 3, 32, 32), num_steps=3)
@@ -191,8 +201,8 @@ def test_wrong_pickle_is_refused(tmp_path, fake_edm_repo):
     other = tmp_path / "other.pkl"
     other.write_bytes(pickle.dumps({"model": 3}))
     with pytest.raises(ValueError, match="'ema' is a torch module; found \\['model'\\]"):
-        load_edm_checkpoint(other, repo)
+        load_edm_checkpoint(other, repo, trust=True)
     junk = tmp_path / "junk.pkl"
     junk.write_bytes(b"not a pickle at all")
     with pytest.raises(ValueError, match="not a readable EDM network pickle"):
-        load_edm_checkpoint(junk, repo)
+        load_edm_checkpoint(junk, repo, trust=True)

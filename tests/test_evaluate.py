@@ -138,10 +138,10 @@ def test_cifar10_reference_through_the_inception_road(tmp_path, monkeypatch):
         with open(folder / name, "wb") as f:
             pickle.dump({"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), "labels": [0, 1, 2]}, f)
     space = ev.inception_feature_space("clean")
-    train = ev.cifar10_reference(tmp_path / "data", "train", space, tmp_path / "work")
-    test = ev.cifar10_reference(tmp_path / "data", "test", space, tmp_path / "work")
+    train = ev.cifar10_reference(tmp_path / "data", "train", space, tmp_path / "work", check_md5=False)
+    test = ev.cifar10_reference(tmp_path / "data", "test", space, tmp_path / "work", check_md5=False)
     assert train.shape == (15, 2048) and test.shape == (3, 2048)
-    again = ev.cifar10_reference(tmp_path / "data", "train", space, tmp_path / "work")  # reuses the folder
+    again = ev.cifar10_reference(tmp_path / "data", "train", space, tmp_path / "work", check_md5=False)  # reuses the folder
     np.testing.assert_array_equal(train, again)
 
 
@@ -211,7 +211,7 @@ def test_feature_network_round_trips_and_bad_files_are_named(tmp_path):
     train_idx, test_idx = split_indices(len(x), 450)
     net, report = train_feature_net(x, y, train_idx, test_idx, epochs=1, out_path=tmp_path / "features.pt")
     loaded, saved_report = load_feature_net(tmp_path / "features.pt")
-    assert saved_report == report
+    assert saved_report == {k: v for k, v in report.items() if k != "seconds"}   # the file holds no timing
     with torch.no_grad():
         torch.testing.assert_close(loaded.features(x[:5]), net.eval().features(x[:5]))
     with pytest.raises(FileNotFoundError, match="run the features stage first"):

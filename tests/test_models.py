@@ -13,7 +13,7 @@ from reference import reference_get
 
 DIGITS = dict(input_size=8, in_channels=1)
 
-# PAPER.md, "GET architecture (exact)"
+# docs/paper.md, "The GET architecture"
 PAPER_GET_PARAMS = {
     "GET-T/2": (256, 8_558_092),
     "GET-M/2": (384, 19_177_740),
@@ -21,7 +21,7 @@ PAPER_GET_PARAMS = {
     "GET-B/2": (768, 62_207_244),
     "GET-B/2+": (768, 83_481_612),
 }
-# PAPER.md: ViT-S ~21.4M, ViT-B ~85.3M, ViT-L ~302.6M, ViT-XL ~446.7M (patch 2)
+# docs/paper.md: ViT-S ~21.4M, ViT-B ~85.3M, ViT-L ~302.6M, ViT-XL ~446.7M (patch 2)
 PAPER_VIT_PARAMS_M = {"ViT-S/2": 21.4, "ViT-B/2": 85.3, "ViT-L/2": 302.6, "ViT-XL/2": 446.7}
 
 
@@ -72,7 +72,7 @@ def test_vit_param_counts(name):
 
 def test_vit_l_is_about_5x_get_b():
     ratio = count_params(on_meta(ViT_models["ViT-L/2"])) / count_params(on_meta(GET_models["GET-B/2"]))
-    assert 4.8 < ratio < 5.0  # PAPER.md: ~4.9x
+    assert 4.8 < ratio < 5.0  # docs/paper.md: about 4.9x
 
 
 def test_small_configs_take_the_digits_shape():

@@ -13,8 +13,10 @@ import pytest
 import yaml
 
 from standins import make_cifar10, make_edm_checkpoint, make_edm_repo, stand_in_inception
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 
 
@@ -111,6 +113,28 @@ def test_a_broken_param_fails_naming_the_key_and_keeps_the_cache(smoke):
         (repo / "params.yaml").write_text(params)
 
 
+def test_an_output_neutral_edit_reruns_its_stage_and_nothing_downstream(smoke):
+    """The teacher file is a pure function of its inputs and code: re-running the teacher after an
+    edit that changes no number gives the same bytes, so pairs, students and results stay up to date."""
+    repo, _ = smoke
+    run("dvc repro", repo)   # settle what earlier tests left (a failed stage removes its non-persistent outputs)
+    lock = (repo / "dvc.lock").read_text()
+    teacher = repo / "getlib" / "teacher.py"
+    original = teacher.read_text()
+    teacher.write_text(original + "\n# an edit that changes no number\n")
+    try:
+        out = run("dvc repro", repo)
+        assert ran(out) == {"teacher@uncond", "teacher@cond"}
+        after = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+        before = yaml.safe_load(lock)["stages"]
+        cached = lambda outs: [o for o in outs if o["path"].startswith("work/") and "notebooks" not in o["path"]]
+        for stage in ("teacher@uncond", "teacher@cond"):   # the same cached outputs, byte for byte
+            assert cached(after[stage]["outs"]) == cached(before[stage]["outs"])
+    finally:
+        teacher.write_text(original)
+        run("dvc commit -f -q", repo)
+
+
 def test_an_ablation_reruns_only_the_stages_downstream_of_it(smoke):
     repo, _ = smoke
     out = run("dvc exp run -S '+students.get-p.train.lr=0.001'", repo)
@@ -152,9 +176,20 @@ def test_the_cifar10_profiles_run_at_toy_scale(tmp_path, monkeypatch, profile, n
     raw["figures"]["grid_samples"] = 10
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     p = load_params(tmp_path / "params.yaml")
+    # as shipped, the profile opens only the published CIFAR-10 files and the pinned EDM pickles
+    with pytest.raises(ValueError, match="data_batch_1: md5 .* is not the published"):
+        stages.prepare_data(p)
+    raw["data"]["check_md5"] = False      # the stand-ins are neither
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = load_params(tmp_path / "params.yaml")
 
     assert stages.prepare_data(p)["image_shape"] == [3, 32, 32]
     assert stages.make_features(p)["network"] == {"inception": "inception-clean", "classifier": "cifar10-cnn"}[network]
+    with pytest.raises(ValueError, match=f"edm-cifar10-32x32-{condition}-vp.pkl: sha256 .* is not an official"):
+        stages.make_teacher(p, condition)
+    raw["teacher"]["trust_pickle"] = True
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = load_params(tmp_path / "params.yaml")
     assert stages.make_teacher(p, condition)["kind"] == "edm"
     assert stages.make_pairs(p, condition)["num_pairs"] == 8
     for key in students:

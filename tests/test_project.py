@@ -1,11 +1,10 @@
 """The project's foundation: one source of truth for the environment, and CI = the README's command."""
 import re
 import tomllib
-from pathlib import Path
 
 import yaml
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def pyproject():

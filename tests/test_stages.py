@@ -6,8 +6,8 @@ import yaml
 from getlib import stages
 from getlib.config import load_params
 from getlib.pairs import PairDataset, read_manifest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def smoke_params(folder: Path, **pairs):

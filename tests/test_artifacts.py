@@ -1,0 +1,55 @@
+"""What DVC caches is a pure function of its inputs, settings and code: the same run in two folders
+gives the same bytes (no timings, dates or absolute paths inside), so re-running a stage with an
+output-neutral change leaves everything downstream of it up to date."""
+import fnmatch
+from pathlib import Path
+
+import torch
+
+from getlib.data import digits
+from getlib.edm import SamplerConfig
+from getlib.features import train_feature_net
+from getlib.pairs import PairSpec, generate_pairs
+from getlib.teacher import TeacherConfig, train_teacher
+from getlib.train import TrainConfig, train
+from conftest import ROOT
+
+IGNORED = [line.strip() for line in (ROOT / ".dvcignore").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+
+
+def hashed_files(folder: Path) -> dict:
+    """The files of `folder` that DVC hashes (those .dvcignore does not list), with their bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not any(fnmatch.fnmatch(p.name, pat) for pat in IGNORED)}
+
+
+def test_a_training_run_is_the_same_bytes_wherever_it_runs(tmp_path):
+    x, _ = digits()
+    spec = PairSpec(num_pairs=64, image_shape=(1, 8, 8), shard_size=32, batch_size=32)
+    folders = []
+    for where in ("a", "b/deeper"):
+        pairs = tmp_path / where / "pairs"
+        generate_pairs(lambda xt, s, c: x[:len(xt)].to(xt.dtype), pairs, spec, {"kind": "test"},
+                       SamplerConfig(num_steps=2))
+        train(TrainConfig(pairs=str(pairs), out=str(tmp_path / where / "run"), model="GET-P/2", batch_size=16,
+                          max_steps=4, log_every=1, ckpt_every=2, sample_every=2, snapshot_every=2, num_samples=4,
+                          deq={"f_max_iter": 2, "grad_steps": 1}, progress=False))
+        folders.append(tmp_path / where)
+    a, b = (hashed_files(f / "run") for f in folders)
+    assert {"student.pt", "run.json", "metrics.csv", "samples.csv", "checkpoints/latest.pt",
+            "snapshots/step-0000002.pt"} <= set(a)
+    assert a == b
+    assert hashed_files(folders[0] / "pairs") == hashed_files(folders[1] / "pairs")
+    for f in folders:   # the timings exist, beside the hashed files
+        assert (f / "run" / "timing.csv").read_text().startswith("step,images_per_s,seconds")
+
+
+def test_the_teacher_and_the_feature_network_are_the_same_bytes_twice(tmp_path):
+    x, y = digits()
+    cfg = TeacherConfig(channels=[8, 8, 8], emb_dim=16, batch_size=16, max_steps=3, warmup_steps=1)
+    for name in ("one", "two"):
+        assert train_teacher(x[:64], y[:64], cfg, tmp_path / name / "teacher.pt")["seconds"] > 0
+        train_feature_net(x[:64], y[:64], torch.arange(48), torch.arange(48, 64), epochs=1, seed=0,
+                          out_path=tmp_path / name / "feature_net.pt")
+    assert hashed_files(tmp_path / "one") == hashed_files(tmp_path / "two")

@@ -214,9 +214,9 @@ class Params:
         return self._under("results", parts)
 
     def _under(self, top: str, parts: tuple[str, ...]) -> Path:
-        base = (self.root / top).resolve()
-        path = base / check_name("profile", self.profile) / Path(*parts)
-        if base not in path.resolve().parents:
+        base = (self.root / top / check_name("profile", self.profile)).resolve()
+        path = base / Path(*parts)
+        if path.resolve() != base and base not in path.resolve().parents:
             raise ParamsError(f"{path} lies outside {base}: every path the pipeline builds stays inside {top}/<profile>/")
         return path
 

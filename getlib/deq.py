@@ -302,7 +302,7 @@ class DEQConfig:
         if self.f_stop_mode not in ("abs", "rel"):
             raise ValueError(f"f_stop_mode must be 'abs' or 'rel', got {self.f_stop_mode!r}")
         for key in ("f_max_iter", "eval_f_max_iter", "b_max_iter", "f_tol", "b_tol", "eval_f_tol", "anderson_lam"):
-            if getattr(self, key) < 0:
+            if not getattr(self, key) >= 0:   # (NaN is refused too)
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("grad_steps", "sup_gap", "anderson_m"):
             if getattr(self, key) < 1:

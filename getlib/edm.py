@@ -98,8 +98,8 @@ class SamplerConfig:
     def __post_init__(self):
         if self.solver not in ("heun", "euler"):
             raise ValueError(f"sampler solver must be 'heun' or 'euler', got {self.solver!r}")
-        if self.num_steps < 1:
-            raise ValueError(f"sampler num_steps must be >= 1, got {self.num_steps}")
+        if not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise ValueError(f"sampler num_steps must be an integer >= 1, got {self.num_steps!r}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         if not 0 < self.rho < math.inf or not self.sigma_max < math.inf:

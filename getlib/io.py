@@ -18,8 +18,10 @@ __all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "atomic_sav
            "atomic_copy", "inside", "remove_owned"]
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
-    """Call write(file object) on a temporary file beside `path`, fsync, then rename it onto `path`."""
+def atomic_write(path: str | Path, write: Callable[[Any], None],
+                 before_rename: Callable[[Path], None] | None = None) -> None:
+    """Call write(file object) on a temporary file beside `path`, fsync, then rename it onto `path`
+    (calling before_rename(temporary path) just before the rename, e.g. to record its checksum)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -28,6 +30,8 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -38,8 +42,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+def atomic_torch_save(obj: Any, path: str | Path, before_rename: Callable[[Path], None] | None = None) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f), before_rename)
 
 
 def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:

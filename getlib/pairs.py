@@ -36,7 +36,7 @@ from getlib.io import atomic_write, atomic_write_json, file_sha256, first_line
 from getlib.provenance import RECORD, code_fingerprint, read_record, write_record
 
 __all__ = ["PairSpec", "generate_pairs", "PairDataset", "import_released_pairs", "read_manifest",
-           "verify_pairs", "released_bytes_per_pair", "pair_set_differences", "pair_set_problems"]
+           "verify_pairs", "released_bytes_per_pair", "pair_set_problems"]
 
 FORMAT = "getlib-pairs/1"
 MANIFEST = "manifest.json"
@@ -72,6 +72,8 @@ class PairSpec:
             raise ValueError(f"pairs seed_start must be >= 0, got {self.seed_start}")
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
             raise ValueError(f"pairs image_shape must be (C, H, W) of positive sizes, got {self.image_shape}")
+        if self.num_classes is not None and not (isinstance(self.num_classes, int) and self.num_classes >= 2):
+            raise ValueError(f"pairs num_classes must be an integer >= 2 or None, got {self.num_classes!r}")
 
     @property
     def num_shards(self) -> int:
@@ -122,16 +124,6 @@ def _differences(have: object, want: object, prefix: str = "") -> list[str]:
 def _code() -> str:
     """The fingerprint of the code that turns a teacher and seeds into pairs."""
     return code_fingerprint("getlib.pairs")
-
-
-def pair_set_differences(root: str | Path, spec: PairSpec, teacher_id: dict, sampler: SamplerConfig) -> list[str]:
-    """How the (possibly partial) pair set in `root` differs from these settings; [] if it matches
-    or there is none."""
-    if not (Path(root) / MANIFEST).exists():
-        return []
-    manifest = read_manifest(root, verify=False, complete=False)
-    header = _header(spec, teacher_id, sampler, "seeds")
-    return _differences({k: manifest.get(k) for k in header}, header)
 
 
 def pair_set_problems(root: str | Path, spec: PairSpec, teacher_id: dict, sampler: SamplerConfig) -> list[str]:
@@ -185,10 +177,7 @@ def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_
     """
     root = Path(root)
     header = _header(spec, teacher_id, sampler, "seeds")
-    problems = pair_set_problems(root, spec, teacher_id, sampler)
-    if problems:
-        raise ValueError(f"{root}: cannot finish or reuse this pair set: " + "; ".join(problems)
-                         + f". Use another folder, or delete {root} to regenerate.")
+    _refuse_problems(root, spec, teacher_id, sampler)
     existing = start_pairs(root, header) if rank == 0 else read_manifest(root, verify=False, complete=False)
     if existing["complete"]:
         return existing if rank == 0 else None
@@ -219,6 +208,13 @@ def generate_pairs(denoise: Denoiser, root: str | Path, spec: PairSpec, teacher_
     if rank == 0 and all((root / shard_name(k)).exists() for k in range(spec.num_shards)):
         return _finalise(root, header, spec)
     return None
+
+
+def _refuse_problems(root: Path, spec: PairSpec, teacher_id: dict, sampler: SamplerConfig) -> None:
+    problems = pair_set_problems(root, spec, teacher_id, sampler)
+    if problems:
+        raise ValueError(f"{root}: cannot finish or reuse this pair set: " + "; ".join(problems)
+                         + f". Use another folder, or delete {root} to regenerate.")
 
 
 def _refuse_non_finite(records: np.ndarray, where: str) -> None:
@@ -513,12 +509,18 @@ def _import(src: Path, root: Path, lat_files: list[Path], img_files: list[Path],
         if isinstance(lat, (list, tuple)):
             if num_classes is None:
                 raise ValueError(f"{lp}: holds [latents, labels] (class-conditional data): pass num_classes")
+            if len(lat) != 2 or not all(isinstance(t, torch.Tensor) for t in lat):
+                raise ValueError(f"{lp}: a class-conditional latent file holds [latents, one-hot labels] tensors")
             lat, onehot = lat
-            if onehot.shape != (lat.shape[0], num_classes) or not torch.all(onehot.sum(1) == 1):
-                raise ValueError(f"{lp}: labels are not one-hot over {num_classes} classes: {tuple(onehot.shape)}")
+            if (onehot.shape != (lat.shape[0], num_classes) or not torch.all((onehot == 0) | (onehot == 1))
+                    or not torch.all(onehot.sum(1) == 1)):
+                raise ValueError(f"{lp}: labels are not one-hot over {num_classes} classes "
+                                 f"(shape {tuple(onehot.shape)}, values 0 and 1, one 1 per row)")
             labels = onehot.argmax(1).numpy()
         elif num_classes is not None:
             raise ValueError(f"{lp}: holds latents only (unconditional data), but num_classes={num_classes}")
+        if not isinstance(lat, torch.Tensor):
+            raise ValueError(f"{lp}: holds {type(lat).__name__}, not a tensor of latents")
         if not isinstance(img, torch.Tensor) or lat.shape != img.shape or lat.dim() != 4:
             raise ValueError(f"{lp} / {ip}: latent {tuple(lat.shape)} and image "
                              f"{tuple(getattr(img, 'shape', ()))} are not matching (N, C, H, W) tensors")
@@ -540,7 +542,7 @@ def _import(src: Path, root: Path, lat_files: list[Path], img_files: list[Path],
     spec = PairSpec(num_pairs=total, image_shape=image_shape, num_classes=num_classes, seed_start=0,
                     shard_size=shard_size, image_dtype=image_dtype, batch_size=shard_size)
     header = {"format": FORMAT, "spec": spec.as_dict(), "latents": "stored",
-              "teacher": {"kind": "released-pairs", "source": str(src.resolve())},
+              "teacher": {"kind": "released-pairs", "source": src.resolve().name},
               "sampler": SamplerConfig().as_dict()}
     return _finalise(root, header, spec)
 
@@ -608,7 +610,8 @@ def main(argv: list[str] | None = None) -> None:
                     batch_size=args.batch_size)
     sampler = SamplerConfig(num_steps=args.steps, solver=args.solver)
     report = (lambda done, total: print(f"rank {rank}: shard {done}/{total}", flush=True)) if rank == 0 else None
-    if rank == 0:
+    if rank == 0:   # refuse a folder it cannot finish before writing anything into it
+        _refuse_problems(Path(args.out), spec, teacher_id, sampler)
         start_pairs(Path(args.out), _header(spec, teacher_id, sampler, "seeds"))
     if distributed:
         dist.barrier()  # the manifest exists before the other ranks check it

@@ -32,7 +32,7 @@ from getlib.features import load_feature_net, split_indices, train_feature_net
 from getlib.io import atomic_copy, atomic_save_npz, atomic_write, atomic_write_json, remove_owned
 from getlib.models import GET
 from getlib.pairs import PairSpec, generate_pairs, pair_set_problems, read_manifest, teacher_from_checkpoint
-from getlib.train import load_student, resume_problems, run_summary, train, training_log
+from getlib.train import cli_args, load_student, resume_problems, run_summary, train, training_log
 
 __all__ = ["prepare_data", "load_data", "make_features", "feature_space", "make_teacher", "load_teacher_of",
            "make_pairs", "distill", "evaluate", "make_figures", "device_of", "Dataset"]
@@ -295,8 +295,7 @@ def distill(p: Params, key: str) -> dict:
         print(f"{out}: starting anew: {'; '.join(problems)}", flush=True)
         remove_owned(out, p.work("students"))
     if nproc > 1:
-        settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
-        _torchrun(nproc, "getlib.train", [a for k, v in settings.items() for a in (f"--{k}", json.dumps(v))])
+        _torchrun(nproc, "getlib.train", cli_args(cfg))
         summary = run_summary(out)
     else:
         summary = train(cfg)

@@ -99,12 +99,14 @@ class TrainConfig:
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
         for key, ok, rule in (
-                ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                ("lr", 0 < self.lr < math.inf, "> 0 and finite"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
                 ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
-                ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)"),
+                ("betas", len(self.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas),
+                 "two numbers in [0, 1)"),
                 ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "> 0 or null"),
                 ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
-                ("ema_halflife_images", self.ema_halflife_images is None or self.ema_halflife_images > 0, "> 0 or null"),
+                ("ema_halflife_images", self.ema_halflife_images is None or 0 < self.ema_halflife_images < math.inf,
+                 "> 0 and finite, or null"),
                 ("ema_rampup_ratio", self.ema_rampup_ratio is None or self.ema_rampup_ratio >= 0, ">= 0 or null"),
                 ("time_budget_s", self.time_budget_s is None or self.time_budget_s > 0, "> 0 or null"),
                 ("num_samples", self.num_samples >= 1, ">= 1"), ("num_workers", self.num_workers >= 0, ">= 0"),
@@ -292,7 +294,7 @@ def resume_problems(cfg: TrainConfig, world: int = 1) -> list[str]:
         problems.append(f"its pair set changed ({Path(cfg.pairs) / MANIFEST} is not the one it was trained on)")
     if record.get("code") != now["code"]:
         problems.append("the training code changed (getlib.train or a module it imports)")
-    if record.get("checkpoint_sha256") != file_sha256(ckpt):
+    if file_sha256(ckpt) not in (record.get("checkpoint_sha256"), record.get("checkpoint_sha256_next")):
         problems.append(f"{ckpt}: sha256 does not match the one recorded when it was written")
     if problems:
         return problems
@@ -464,10 +466,13 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
                                   out / "snapshots" / f"step-{step:07d}.pt")
             if step % cfg.ckpt_every == 0 or last:
                 config = {**_settings(cfg), "world_size": world}
+                def announce(tmp: Path) -> None:   # a kill between rename and record keeps the run resumable
+                    record["checkpoint_sha256_next"] = file_sha256(tmp)
+                    write_record(out, record)
                 atomic_torch_save({"step": step, "images_seen": images_seen, "config": config,
                                    "recent_losses": list(recent), "model": model.state_dict(),
-                                   "ema": ema.state_dict(), "opt": opt.state_dict()}, ckpt_path)
-                record.update(checkpoint_sha256=file_sha256(ckpt_path), seconds=elapsed)
+                                   "ema": ema.state_dict(), "opt": opt.state_dict()}, ckpt_path, announce)
+                record.update(checkpoint_sha256=record.pop("checkpoint_sha256_next"), seconds=elapsed)
                 write_record(out, record)
         if bar is not None:
             bar.update(1)
@@ -634,7 +639,17 @@ def load_student(path: str | Path) -> nn.Module:
 # Command line
 # ------------------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> dict:
+def cli_args(cfg: TrainConfig) -> list[str]:
+    """`cfg` as command-line flags that `main` reads back to the same settings (YAML, so that nested
+    values such as deq: {b_tol: 1e-6} keep their types)."""
+    def flag(value: object) -> str:
+        return yaml.safe_dump(list(value) if isinstance(value, tuple) else value,
+                              default_flow_style=True).removesuffix("\n...\n").strip()
+    return [a for f in dataclasses.fields(cfg) for a in (f"--{f.name}", flag(getattr(cfg, f.name)))]
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The TrainConfig of a command line (see `main`)."""
     ap = argparse.ArgumentParser(prog="python -m getlib.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
@@ -655,7 +670,11 @@ def main(argv: list[str] | None = None) -> dict:
                 settings[key] = float(value)
             except ValueError:
                 pass                           # TrainConfig names the bad value
-    return train(TrainConfig.from_dict(settings))
+    return TrainConfig.from_dict(settings)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return train(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -53,3 +53,17 @@ def test_the_teacher_and_the_feature_network_are_the_same_bytes_twice(tmp_path):
         train_feature_net(x[:64], y[:64], torch.arange(48), torch.arange(48, 64), epochs=1, seed=0,
                           out_path=tmp_path / name / "feature_net.pt")
     assert hashed_files(tmp_path / "one") == hashed_files(tmp_path / "two")
+
+
+def test_pairs_and_distill_depend_on_every_module_of_their_fingerprint():
+    """A pair set and a run record the fingerprint of getlib.pairs / getlib.train and everything they
+    import; DVC must re-run the stage when any of those modules changes, so its deps list them all."""
+    import yaml
+
+    from getlib.provenance import import_closure
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage, module in (("pairs", "getlib.pairs"), ("distill", "getlib.train")):
+        modules = {f"getlib/{m.split('.', 1)[1]}.py" for m in import_closure(module)}
+        missing = modules - set(stages[stage]["do"]["deps"])
+        assert not missing, f"dvc.yaml stage {stage} lacks {sorted(missing)}"

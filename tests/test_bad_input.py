@@ -87,8 +87,12 @@ def renamed_student(name: str) -> dict:
     (edited("profile", ".."), "profile: '..' is not a valid name"),
     (edited("profile", "/tmp/elsewhere"), "profile: '/tmp/elsewhere' is not a valid name"),
     (edited("profile", ""), "profile: '' is not a valid name"),
-    (edited("distill.lr", -1e-3), "distill: lr must be > 0, got -0.001"),
-    (edited("distill.lr", float("nan")), "distill: lr must be > 0, got nan"),
+    (edited("distill.lr", -1e-3), "distill: lr must be > 0 and finite, got -0.001"),
+    (edited("distill.lr", float("nan")), "distill: lr must be > 0 and finite, got nan"),
+    (edited("distill.lr", float("inf")), "distill: lr must be > 0 and finite, got inf"),
+    (edited("distill.betas", [0.9, "x"]), "distill: betas must be two numbers in [0, 1)"),
+    (edited("distill.deq", {"f_tol": float("nan")}), "distill: f_tol must be >= 0, got nan"),
+    (edited("sampler.num_steps", 2.5), "sampler.num_steps must be an integer"),
     (edited("distill.gamma", 1.5), "distill: gamma must be in [0, 1], got 1.5"),
     (edited("distill.warmup_steps", -1), "distill: warmup_steps must be >= 0, got -1"),
     (edited("distill.grad_clip", -1.0), "distill: grad_clip must be > 0 or null, got -1.0"),
@@ -98,7 +102,7 @@ def renamed_student(name: str) -> dict:
     (edited("distill.betas", [0.9, 1.0]), "distill: betas must be two numbers in [0, 1)"),
     (edited("distill.nproc", 0), "distill.nproc must be a positive integer (processes per run), got 0"),
     (edited("students.get-p.train", {"nproc": 0}), "students.get-p.train.nproc must be a positive integer"),
-    (edited("students.get-p.train", {"lr": -1.0}), "students.get-p.train: lr must be > 0"),
+    (edited("students.get-p.train", {"lr": -1.0}), "students.get-p.train: lr must be > 0 and finite"),
     (edited("teacher.lr", -1e-3), "teacher.lr must be > 0, got -0.001"),
     (edited("teacher.warmup_steps", -5), "teacher.warmup_steps must be >= 0, got -5"),
     (edited("teacher.ema_halflife_images", 0), "teacher.ema_halflife_images must be > 0, got 0"),
@@ -126,6 +130,8 @@ def test_paths_the_pipeline_builds_stay_inside_the_project(project):
     p.profile = "smoke"
     with pytest.raises(ParamsError, match="lies outside"):
         p.results("..", "..", "..", "victim")
+    with pytest.raises(ParamsError, match="lies outside .*work/smoke"):   # nor into another profile's folder
+        p.work("..", "digits")
     # deleting: only strictly inside the folder a stage owns; a link is removed, never followed
     with pytest.raises(ValueError, match=f"refusing to delete {beside}: it is not inside"):
         remove_owned(beside, p.work("students"))
@@ -174,11 +180,18 @@ def test_a_truncated_shard_of_a_finished_set_is_named(pair_set):
         generate_pairs(toy_teacher(), pair_set, spec(), TEACHER, SAMPLER)
 
 
-def test_shards_without_their_manifest_are_not_adopted(pair_set):
+def test_shards_without_their_manifest_are_not_adopted(pair_set, tmp_path):
     (pair_set / "manifest.json").unlink()
     before = snapshot(pair_set)
     with pytest.raises(ValueError, match=r"holds \['shards'\] but no manifest.json"):
         generate_pairs(toy_teacher(), pair_set, spec(), TEACHER, SAMPLER)
+    assert snapshot(pair_set) == before
+    from getlib.teacher import TeacherConfig, train_teacher   # nor by the command line (torchrun's road)
+    x = torch.rand(16, 1, 8, 8) * 2 - 1
+    train_teacher(x, None, TeacherConfig(channels=(8, 8, 8), emb_dim=16, batch_size=8, max_steps=1), tmp_path / "t.pt")
+    with pytest.raises(ValueError, match=r"holds \['shards'\] but no manifest.json"):
+        pairs.main(["--teacher", str(tmp_path / "t.pt"), "--out", str(pair_set), "--num-pairs", "64",
+                    "--shard-size", "16", "--batch-size", "16", "--image-shape", "1", "8", "8", "--steps", "2"])
     assert snapshot(pair_set) == before
 
 
@@ -255,6 +268,20 @@ def released(folder: Path, nan_in: str | None = None, stray: str | None = None) 
     if stray:
         (folder / "image" / stray).write_text("notes")
     return folder
+
+
+def test_released_labels_must_be_one_hot(tmp_path):
+    src = released(tmp_path / "release")
+    for name in ("3.pkl", "7.pkl"):
+        labels = torch.zeros(4, 3)
+        labels[:, 0] = 1
+        labels[1] = torch.tensor([0.5, 0.5, 0.0]) if name == "7.pkl" else labels[1]
+        torch.save([torch.load(src / "latent" / name), labels], src / "latent" / name)
+    with pytest.raises(ValueError, match=r"latent/7.pkl: labels are not one-hot over 3 classes"):
+        import_released_pairs(src, tmp_path / "imported", num_classes=3)
+    torch.save({"not": "a tensor"}, src / "latent" / "3.pkl")
+    with pytest.raises(ValueError, match=r"latent/3.pkl: holds dict, not a tensor of latents"):
+        import_released_pairs(src, tmp_path / "imported")
 
 
 def test_released_pairs_with_nan_are_refused_and_leave_nothing(tmp_path):
@@ -356,6 +383,22 @@ def test_other_settings_are_named_and_a_half_made_run_is_refused(finished_run, t
         train(run_cfg(finished_run.pairs, half))
 
 
+def test_a_kill_between_checkpoint_and_record_keeps_the_run_resumable(finished_run, monkeypatch):
+    """The checkpoint's sha256 is announced in the record before the rename: a kill right after the
+    rename (before the record names it as current) leaves a run that still resumes."""
+    from getlib.provenance import read_record, write_record
+    out = Path(finished_run.out)
+    record = read_record(out)
+    write_record(out, {**record, "checkpoint_sha256": "0" * 64, "checkpoint_sha256_next": record["checkpoint_sha256"]})
+    assert resume_problems(finished_run) == []
+
+
+def test_settings_survive_the_command_line_that_torchrun_gets(tmp_path):
+    cfg = TrainConfig(pairs=str(tmp_path / "a b"), out="123", deq={"b_tol": 1e-6, "f_max_iter": 5}, lr=2e-3,
+                      betas=(0.9, 0.95), grad_clip=None, ema_halflife_images=5e5)
+    assert train_module.parse_args(train_module.cli_args(cfg)) == cfg
+
+
 def test_an_unreadable_student_is_named(tmp_path):
     bad = tmp_path / "student.pt"
     bad.write_bytes(b"\x00" * 100)
@@ -366,15 +409,28 @@ def test_an_unreadable_student_is_named(tmp_path):
         load_student(bad)
 
 
-def test_a_torn_log_line_is_repaired_on_resume(pair_set, tmp_path, monkeypatch):
+@pytest.mark.parametrize("torn", ["1", "2,0.4", "\xff\xfe"])
+def test_a_torn_log_line_is_repaired_on_resume(pair_set, tmp_path, torn):
+    """A kill mid-append leaves part of a row (here one that reads as a step the checkpoint covers,
+    or undecodable bytes); the resumed run drops it instead of keeping a row of empty fields."""
     cfg = run_cfg(pair_set, tmp_path / "run", max_steps=2)
     train(cfg)
     log = tmp_path / "run" / "metrics.csv"
     whole = log.read_text()
-    log.write_text(whole + "3,0.41,0.4")   # a kill in the middle of an append
+    log.write_bytes(whole.encode() + torn.encode("latin-1"))
     train(TrainConfig(**{**vars(cfg), "max_steps": 4}))
-    rows = log.read_text().splitlines()
-    assert rows[0] == whole.splitlines()[0] and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    rows = [r.split(",") for r in log.read_text().splitlines()]
+    assert rows[0] == whole.splitlines()[0].split(",") and [r[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    assert all(len(r) == len(rows[0]) and all(r) for r in rows)
+
+
+def test_a_torn_header_starts_the_log_again(pair_set, tmp_path):
+    cfg = run_cfg(pair_set, tmp_path / "run", max_steps=2)
+    train(cfg)
+    log = tmp_path / "run" / "samples.csv"
+    log.write_text("st")
+    train(TrainConfig(**{**vars(cfg), "max_steps": 4}))
+    assert log.read_text().splitlines()[0].startswith("step,") and log.read_text().count("\n") == 2   # step 4
 
 
 # ------------------------------------------------------------------------------------------------

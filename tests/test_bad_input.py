@@ -470,3 +470,16 @@ def test_the_teacher_file_follows_the_source_not_the_suffix(project):
         stages.teacher_file(p, "uncond")
     (folder / "teacher.pt").write_bytes(b"")
     assert stages.teacher_file(p, "uncond") == folder / "teacher.pt"
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"num_classes": 1}, "pairs num_classes must be an integer >= 2 or None, got 1"),
+    ({"num_classes": -3}, "pairs num_classes must be an integer >= 2 or None, got -3"),
+    ({"seed_start": -1}, "pairs seed_start must be >= 0, got -1"),
+    ({"image_shape": (1, 8)}, "pairs image_shape must be (C, H, W) of positive sizes"),
+])
+def test_a_bad_pair_spec_is_refused_naming_the_setting(kw, message):
+    """The library's and the command line's road (PairSpec), not only params.yaml's."""
+    with pytest.raises(ValueError) as e:
+        spec(**kw)
+    assert message in str(e.value)

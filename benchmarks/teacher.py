@@ -22,8 +22,10 @@ from cleanfid.fid import fid_from_feats
 
 from getlib.data import digits
 from getlib.edm import SamplerConfig, edm_sampler, latents_for_seeds
-from getlib.features import image_features, split_indices, train_feature_net
-from getlib.teacher import TeacherConfig, load_teacher, train_teacher
+from getlib.checkpoints import load_teacher
+from getlib.data import split_indices
+from getlib.features import image_features, train_feature_net
+from getlib.teacher import TeacherConfig, train_teacher
 
 
 def main() -> None:

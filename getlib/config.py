@@ -14,13 +14,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
-from getlib.edm import SamplerConfig
-from getlib.models import GET_models, ViT_models
-from getlib.train import TrainConfig
+from getlib.settings import GET_CONFIGS, SOLVER_NAMES, VIT_CONFIGS, SamplerConfig, TrainConfig
 
-__all__ = ["Params", "ParamsError", "load_params", "project_root", "check_name", "CONDITIONS"]
+__all__ = ["Params", "ParamsError", "load_params", "project_root", "check_name", "device_of", "CONDITIONS"]
 
 CONDITIONS = ("uncond", "cond")
 # Profile and student names become folder names (work/<profile>/students/<student>/): plain
@@ -141,16 +140,16 @@ class PairsParams:
 
 @dataclass
 class StudentParams:
-    model: str                            # a name from GET_models or ViT_models
+    model: str                            # a name from settings.GET_CONFIGS or VIT_CONFIGS
     condition: str = "uncond"             # which teacher's pairs: 'uncond' | 'cond' (class-conditional student)
     train: dict = field(default_factory=dict)   # overrides of the shared `distill` settings for this student
 
     def check(self, key: str) -> None:
-        models = {**GET_models, **ViT_models}
+        models = {**GET_CONFIGS, **VIT_CONFIGS}
         if self.model not in models:
             raise ParamsError(f"{key}.model: unknown model {self.model!r}; allowed: {sorted(models)}")
         _one_of(f"{key}.condition", self.condition, CONDITIONS)
-        if self.model in ViT_models and isinstance(self.train, dict) and self.train.get("deq"):
+        if self.model in VIT_CONFIGS and isinstance(self.train, dict) and self.train.get("deq"):
             raise ParamsError(f"{key}.train.deq: DEQ settings apply to GET models, not to {self.model}")
 
 
@@ -165,13 +164,12 @@ class EvaluateParams:
     device: str = "auto"
 
     def check(self, key: str) -> None:
-        from getlib.deq import SOLVERS
         _one_of(f"{key}.device", self.device, ("auto", "cpu", "cuda"))
         _at_least(key, self, num_samples=1, seeds=1, batch_size=1, seed_start=0)
         if not all(isinstance(k, int) and k >= 1 for k in self.sweep_iterations):
             raise ParamsError(f"{key}.sweep_iterations must be positive integers, got {self.sweep_iterations!r}")
         for s in self.sweep_solvers:
-            _one_of(f"{key}.sweep_solvers", s, tuple(SOLVERS))
+            _one_of(f"{key}.sweep_solvers", s, SOLVER_NAMES)
 
 
 @dataclass
@@ -203,6 +201,7 @@ class Params:
     students: dict[str, StudentParams]
     evaluate: EvaluateParams
     figures: FiguresParams
+    reuse: str | None = None               # a profile whose identical finished pair sets and runs are copied
     root: Path = Path(".")                 # the project root (paths in the file are relative to it)
 
     def work(self, *parts: str) -> Path:
@@ -227,7 +226,7 @@ class Params:
         s = self.students[key]
         overrides = _numbers(s.train, f"students.{key}.train")
         shared = {k: v for k, v in self.distill.items() if k != "nproc"}
-        if s.model in ViT_models:
+        if s.model in VIT_CONFIGS:
             shared.pop("deq", None)    # the shared DEQ recipe is for the GET students
         settings = {**shared, **{k: v for k, v in overrides.items() if k != "nproc"}}
         settings.update(pairs=str(self.work("pairs", s.condition)), out=str(self.work("students", key)),
@@ -237,8 +236,49 @@ class Params:
         except (ValueError, TypeError) as e:  # `distill` alone was checked on load: the overrides are at fault
             raise ParamsError(f"students.{key}.train: {e}") from e
 
+    def reused(self, *parts: str) -> Path | None:
+        """work/<reuse>/<parts>: the same artifact of the profile named by `reuse` (None without one).
+        Stages only read it, and copy it in only when it is exactly what they would make."""
+        if self.reuse is None:
+            return None
+        return self.root / "work" / self.reuse / self.work(*parts).relative_to(self.work())
+
+    def path(self, path: str) -> Path:
+        """A path of the file (relative to the project root unless absolute)."""
+        return Path(path) if Path(path).is_absolute() else self.root / path
+
+    def teacher_file(self, condition: str) -> Path:
+        """The teacher stage's file for `condition`, by teacher.source: teacher.pt (trained here) or the
+        copy of the EDM checkpoint that teacher.checkpoints names."""
+        folder = self.work("teacher", condition)
+        if self.teacher.source == "train":
+            path = folder / "teacher.pt"
+        else:
+            name = self.teacher.checkpoints.get(condition)
+            if name is None:
+                raise ParamsError(f"teacher.checkpoints.{condition} is not set: name the EDM .pkl for the "
+                                  f"{condition} teacher (see README, CIFAR-10 profiles)")
+            path = folder / Path(name).name
+        if not path.is_file():
+            raise FileNotFoundError(f"no teacher at {path}: run the teacher@{condition} stage first")
+        return path
+
+    def student_files(self, condition: str) -> dict[str, Path]:
+        """{student: its distill stage's student.pt} for the students of `condition`."""
+        return {key: self.work("students", key, "student.pt") for key, s in self.students.items()
+                if s.condition == condition}
+
     def nproc(self, key: str) -> int:
         return {**self.distill, **self.students[key].train}.get("nproc", 1)
+
+
+def device_of(name: str) -> torch.device:
+    """The torch device of a params.yaml device setting ('auto': CUDA when torch sees a GPU)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("device cuda was asked for, but torch sees no GPU here (use auto or cpu)")
+    return torch.device(name)
 
 
 def project_root(start: str | Path = ".") -> Path:
@@ -291,6 +331,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         students={str(k): _section(StudentParams, v, f"students.{k}") for k, v in students.items()},
         evaluate=_section(EvaluateParams, raw.get("evaluate"), "evaluate"),
         figures=_section(FiguresParams, raw.get("figures"), "figures"),
+        reuse=_reuse(raw.get("reuse"), profile),
         root=path.resolve().parent,
     )
     for key, s in params.students.items():
@@ -330,6 +371,14 @@ def _distill(raw: object) -> dict:
     except (ValueError, TypeError) as e:
         raise ParamsError(f"distill: {e}") from e
     return settings
+
+
+def _reuse(name: object, profile: str) -> str | None:
+    if name is None:
+        return None
+    if check_name("reuse", name) == profile:
+        raise ParamsError(f"reuse names this profile ({profile!r}): name another profile, or null")
+    return name
 
 
 def _check_nproc(key: str, nproc: object) -> None:

@@ -1,4 +1,5 @@
-"""Real image sets with int64 labels: digits in model space [-1, 1], CIFAR-10 as uint8."""
+"""Real image sets with int64 labels: digits in model space [-1, 1], CIFAR-10 as uint8; and the
+pipeline's data set file (`real_images`, `save_dataset`, `Dataset`), one format for every data set."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["digits", "cifar10", "to_uint8", "CIFAR10_URL"]
+from getlib.io import atomic_save_npz
+
+__all__ = ["digits", "cifar10", "to_uint8", "CIFAR10_URL", "split_indices", "real_images", "save_dataset", "Dataset"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 # The published md5 of each file of the python version (as torchvision checks them). The files are
@@ -67,3 +70,82 @@ def cifar10(root: str | Path, train: bool = True, check_md5: bool = True) -> tup
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
         labels.append(torch.as_tensor(batch["labels"], dtype=torch.long))
     return torch.cat(images), torch.cat(labels)
+
+
+def split_indices(n: int, held_out: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A fixed random train / held-out split of n items."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[held_out:], perm[:held_out]
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline's data set: integer pixels, labels and a held-out set
+# ------------------------------------------------------------------------------------------------
+
+def real_images(dataset: str, held_out: int = 450, split_seed: int = 0, root: str | Path | None = None,
+                check_md5: bool = True) -> dict:
+    """The training and held-out images of `dataset` as integer pixels with their `levels`:
+    'digits' (values 0..16, a seeded split that keeps `held_out` images apart) or 'cifar10' (0..255,
+    its own train / test files under `root`, the test images held out)."""
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+        d = load_digits()
+        raw, labels, levels = torch.from_numpy(d.images.astype(np.uint8)).unsqueeze(1), torch.from_numpy(d.target), 16
+        if not 0 <= held_out < len(raw):
+            raise ValueError(f"held_out {held_out} must be below the {len(raw)} digits")
+        train_idx, held_idx = split_indices(len(raw), held_out, split_seed)
+        train_raw, train_labels, held_raw, held_labels = raw[train_idx], labels[train_idx], raw[held_idx], labels[held_idx]
+    elif dataset == "cifar10":
+        train_raw, train_labels = cifar10(root, train=True, check_md5=check_md5)
+        held_raw, held_labels = cifar10(root, train=False, check_md5=check_md5)
+        levels = 255
+    else:
+        raise ValueError(f"unknown data set {dataset!r}: 'digits' or 'cifar10'")
+    for name, x in (("train", train_raw), ("held-out", held_raw)):
+        if x.ndim != 4 or x.shape[-1] != x.shape[-2] or x.shape[1] not in (1, 3):
+            raise ValueError(f"{dataset} {name} images must be (N, 1 or 3, H, H), got {tuple(x.shape)}")
+    return {"name": dataset, "levels": levels, "train_raw": train_raw, "train_labels": train_labels,
+            "held_raw": held_raw, "held_labels": held_labels}
+
+
+def save_dataset(images: dict, path: str | Path) -> None:
+    """`real_images`' result -> one .npz file (uint8 pixels, int64 labels), written atomically."""
+    atomic_save_npz(path, name=np.array(images["name"]), levels=np.array(images["levels"]),
+                    **{k: images[k].numpy().astype(np.uint8) for k in ("train_raw", "held_raw")},
+                    **{k: images[k].numpy().astype(np.int64) for k in ("train_labels", "held_labels")})
+
+
+class Dataset:
+    """A data set file written by `save_dataset`: integer pixels `raw` with `levels` (model space =
+    raw / (levels / 2) - 1, exact for digits' 0..16 and CIFAR's 0..255), labels, and a held-out set
+    that no generative model sees (the FID floor)."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no data set at {path}: run the data stage first")
+        with np.load(path) as f:
+            self.levels = int(f["levels"])
+            self.train_raw, self.train_labels = torch.from_numpy(f["train_raw"]), torch.from_numpy(f["train_labels"])
+            self.held_raw, self.held_labels = torch.from_numpy(f["held_raw"]), torch.from_numpy(f["held_labels"])
+            self.name = str(f["name"])
+
+    def model_space(self, raw: Tensor) -> Tensor:
+        return raw.float() / (self.levels / 2) - 1
+
+    @property
+    def train_images(self) -> Tensor:
+        """Training images in model space [-1, 1], (N, C, H, W)."""
+        return self.model_space(self.train_raw)
+
+    def uint8(self, raw: Tensor) -> Tensor:
+        """As the evaluation sees images: model space -> uint8 (`to_uint8`)."""
+        return to_uint8(self.model_space(raw))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_raw.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.train_labels.max()) + 1

@@ -15,17 +15,19 @@ iterations, tolerance 1e-3, returning per sample the lowest-residual iterate.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from getlib.settings import DEQConfig
 
 __all__ = [
     "DEQConfig", "SolverStats", "solve_deq",
     "fixed_point_iter", "anderson", "SOLVERS", "GRADIENTS",
-    "phantom_grad", "implicit_grad", "fp_correction_weights", "fp_correction",
+    "phantom_grad", "implicit_grad", "fp_correction_weights", "fp_correction", "LOSSES",
 ]
 
 EPS = 1e-9  # guards the relative residual ||f(z) - z|| / ||f(z)|| against a zero state
@@ -242,6 +244,9 @@ def fp_correction_weights(n: int, gamma: float = 0.8) -> list[float]:
     return [gamma ** (n - k - 1) for k in range(n)]
 
 
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"l1": F.l1_loss, "l2": F.mse_loss}   # per state
+
+
 def fp_correction(loss_fn: Callable[[Tensor, Tensor], Tensor], preds: Sequence[Tensor] | Tensor,
                   target: Tensor, gamma: float = 0.8) -> tuple[Tensor, list[Tensor]]:
     """Sum over states k of gamma^(n-k-1) * loss_fn(pred_k, target) (summed, not normalised).
@@ -260,85 +265,19 @@ def fp_correction(loss_fn: Callable[[Tensor, Tensor], Tensor], preds: Sequence[T
 # The configured DEQ
 # ------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DEQConfig:
-    """How a DEQ solves and differentiates. Names follow torchdeq; defaults are the paper's."""
-    # training: a no-grad solve (0 iterations: start the tracked unroll at z0 itself) ...
-    f_solver: str = "fixed_point_iter"
-    f_max_iter: int = 0
-    f_tol: float = 1e-3
-    f_stop_mode: str = "abs"
-    # ... followed by a gradient: 'phantom'/'unrolled' (k damped steps) or 'implicit'
-    grad: str = "phantom"
-    grad_steps: int = 6          # k, the tracked iterations of the phantom gradient
-    tau: float = 1.0             # damping of the phantom gradient
-    sup_gap: int = 1             # supervise every sup_gap-th tracked state (and the last)
-    b_solver: str = "fixed_point_iter"
-    b_max_iter: int = 30
-    b_tol: float = 1e-6
-    # evaluation (sampling): the lowest-residual iterate of at most eval_f_max_iter evaluations
-    eval_f_solver: str = "fixed_point_iter"
-    eval_f_max_iter: int = 6
-    eval_f_tol: float = 1e-3
-    per_sample_stop: bool = False
-    return_final: bool = False   # both solves: run every iteration, keep the last (not the lowest-residual)
-    # Anderson acceleration (wherever a solver is 'anderson'); lam is relative to the residuals
-    anderson_m: int = 5
-    anderson_lam: float = 1e-4
-    anderson_beta: float = 1.0
-    # checkpoint every equilibrium block call: the unroll keeps only block inputs for backward
-    memory_efficient: bool = False
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value, kind = getattr(self, f.name), {"str": str, "int": int, "float": (int, float), "bool": bool}[f.type]
-            if not isinstance(value, kind) or (f.type in ("int", "float") and isinstance(value, bool)):
-                raise ValueError(f"DEQ setting {f.name} must be {f.type}, got {value!r}")
-        for key in ("f_solver", "b_solver", "eval_f_solver"):
-            if getattr(self, key) not in SOLVERS:
-                raise ValueError(f"unknown DEQ solver {key}={getattr(self, key)!r}; choose one of {sorted(SOLVERS)}")
-        if self.grad not in GRADIENTS:
-            raise ValueError(f"unknown DEQ gradient grad={self.grad!r}; choose one of {sorted(GRADIENTS)}")
-        if self.f_stop_mode not in ("abs", "rel"):
-            raise ValueError(f"f_stop_mode must be 'abs' or 'rel', got {self.f_stop_mode!r}")
-        for key in ("f_max_iter", "eval_f_max_iter", "b_max_iter", "f_tol", "b_tol", "eval_f_tol", "anderson_lam"):
-            if not getattr(self, key) >= 0:   # (NaN is refused too)
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("grad_steps", "sup_gap", "anderson_m"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not self.tau > 0:
-            raise ValueError(f"tau (phantom-gradient damping) must be > 0, got {self.tau}")
-        if self.grad == "implicit" and self.f_max_iter == 0:
-            raise ValueError("grad='implicit' differentiates at a fixed point: set f_max_iter > 0 "
-                             "(with f_max_iter=0 the 'solution' is the random initial state)")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "DEQConfig":
-        """Build from a mapping, naming any unknown key and the allowed ones."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DEQ setting(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
-
-    def replace(self, **overrides: object) -> "DEQConfig":
-        return DEQConfig.from_dict({**dataclasses.asdict(self), **overrides})
-
-    def solve(self, name: str, f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int, tol: float,
-              stop_mode: str) -> tuple[Tensor, SolverStats]:
-        """Run solver `name` with this config's solver settings."""
-        extra = dict(m=self.anderson_m, lam=self.anderson_lam, beta=self.anderson_beta) if name == "anderson" else {}
-        return SOLVERS[name](f, z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
-                             per_sample_stop=self.per_sample_stop, return_final=self.return_final, **extra)
+def _solve(cfg: DEQConfig, name: str, f: Callable[[Tensor], Tensor], z0: Tensor, max_iter: int, tol: float,
+           stop_mode: str) -> tuple[Tensor, SolverStats]:
+    """Run solver `name` with `cfg`'s solver settings."""
+    extra = dict(m=cfg.anderson_m, lam=cfg.anderson_lam, beta=cfg.anderson_beta) if name == "anderson" else {}
+    return SOLVERS[name](f, z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
+                         per_sample_stop=cfg.per_sample_stop, return_final=cfg.return_final, **extra)
 
 
 GRADIENTS: dict[str, Callable[[Callable[[Tensor], Tensor], Tensor, DEQConfig], list[Tensor]]] = {
     "phantom": lambda f, z, c: phantom_grad(f, z, c.grad_steps, c.tau, c.sup_gap),
     "unrolled": lambda f, z, c: phantom_grad(f, z, c.grad_steps, c.tau, c.sup_gap),  # the paper's name (tau=1)
     "implicit": lambda f, z, c: implicit_grad(
-        f, z, lambda g_map, init: c.solve(c.b_solver, g_map, init, c.b_max_iter, c.b_tol, c.f_stop_mode)),
+        f, z, lambda g_map, init: _solve(c, c.b_solver, g_map, init, c.b_max_iter, c.b_tol, c.f_stop_mode)),
 }
 
 
@@ -352,8 +291,8 @@ def solve_deq(f: Callable[[Tensor], Tensor], z0: Tensor, cfg: DEQConfig,
     """
     if not training:
         with torch.no_grad():
-            z, stats = cfg.solve(cfg.eval_f_solver, f, z0, cfg.eval_f_max_iter, cfg.eval_f_tol, cfg.f_stop_mode)
+            z, stats = _solve(cfg, cfg.eval_f_solver, f, z0, cfg.eval_f_max_iter, cfg.eval_f_tol, cfg.f_stop_mode)
         return [z], stats
     with torch.no_grad():
-        z, stats = cfg.solve(cfg.f_solver, f, z0.detach(), cfg.f_max_iter, cfg.f_tol, cfg.f_stop_mode)
+        z, stats = _solve(cfg, cfg.f_solver, f, z0.detach(), cfg.f_max_iter, cfg.f_tol, cfg.f_stop_mode)
     return GRADIENTS[cfg.grad](f, z, cfg), stats

@@ -14,21 +14,16 @@ own CPU generator, so nothing depends on batch size, worker count or device.
 """
 from __future__ import annotations
 
-import math
-import pickle
-import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from getlib.io import file_sha256
+from getlib.data import to_uint8
+from getlib.settings import SamplerConfig
 
 __all__ = ["SIGMA_DATA", "precond_coeffs", "EDMPrecond", "edm_loss", "SamplerConfig", "time_steps",
-           "edm_sampler", "latents_for_seeds", "load_edm_checkpoint", "EDMNetwork", "EDM_CHECKPOINT_URLS"]
+           "edm_sampler", "latents_for_seeds", "seeds_by_class", "sample_teacher", "Denoiser"]
 
 SIGMA_DATA = 0.5
 
@@ -86,35 +81,6 @@ def edm_loss(denoiser: Denoiser, images: Tensor, class_labels: Tensor | None = N
 # Deterministic sampler
 # ------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class SamplerConfig:
-    """The sampler's settings (recorded with every pair set). Defaults: EDM's CIFAR-10 sampler."""
-    num_steps: int = 18
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
-    solver: str = "heun"
-
-    def __post_init__(self):
-        if self.solver not in ("heun", "euler"):
-            raise ValueError(f"sampler solver must be 'heun' or 'euler', got {self.solver!r}")
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise ValueError(f"sampler num_steps must be an integer >= 1, got {self.num_steps!r}")
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        if not 0 < self.rho < math.inf or not self.sigma_max < math.inf:
-            raise ValueError(f"sampler rho and sigma_max must be finite and rho > 0, got rho={self.rho}, "
-                             f"sigma_max={self.sigma_max}")
-
-    @property
-    def nfe(self) -> int:
-        """Network evaluations per image: Heun corrects every step but the last."""
-        return 2 * self.num_steps - 1 if self.solver == "heun" else self.num_steps
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "nfe": self.nfe}
-
-
 def time_steps(num_steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0,
                rho: float = 7.0, device: torch.device | str | None = None) -> Tensor:
     """t_0 = sigma_max > ... > t_{N-1} = sigma_min, then t_N = 0; float64, N + 1 entries."""
@@ -166,80 +132,26 @@ def latents_for_seeds(seeds: Sequence[int] | Tensor, shape: Sequence[int],
     return torch.stack(latents), (torch.stack(labels) if num_classes else None)
 
 
-# ------------------------------------------------------------------------------------------------
-# The official EDM checkpoints (CIFAR-10 profiles)
-# ------------------------------------------------------------------------------------------------
-
-EDM_CHECKPOINT_URLS = {
-    "uncond": "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl",
-    "cond": "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl",
-}
-# sha256 of the official pickles that `load_edm_checkpoint` unpickles without being told to trust
-# the file. The unconditional one's is recorded alike by several public projects that verify their
-# download; the conditional one's could not be read from this project's (offline) machines, so it is
-# not pinned: load it with trust=True (teacher.trust_pickle) after checking your download.
-EDM_CHECKPOINT_SHA256 = {
-    "uncond": "4d5dcc1f1d0d41c8934ad21626eeddbdc0460182becf9fc059a0631b1eedb4da",
-}
+def seeds_by_class(first: int, n: int, shape: Sequence[int], classes: int | None) -> tuple[list[int], int | None]:
+    """n seeds from `first` on; class-conditional: the first `n // classes` seeds (at least one) of
+    each class, in class order (a seed's label is drawn with its latent), and that count per class."""
+    if not classes:
+        return list(range(first, first + n)), None
+    _, labels = latents_for_seeds(range(first, first + 40 * n), shape, classes)
+    per = max(1, n // classes)
+    return [first + s for c in range(classes) for s in (labels == c).nonzero().flatten()[:per].tolist()], per
 
 
-def load_edm_checkpoint(pkl_path: str | Path, edm_repo: str | Path, trust: bool = False) -> nn.Module:
-    """The 'ema' network of an official EDM pickle, in eval mode without gradients.
-
-    EDM pickles hold their own classes: the EDM repository (github.com/NVlabs/edm, for its
-    `dnnlib` and `torch_utils` packages) must be importable, so `edm_repo` is put on sys.path.
-    Unpickling runs code from the file: a file whose sha256 is not one of EDM_CHECKPOINT_SHA256 is
-    refused before it is opened, unless `trust` says it comes from a source you trust.
-    The network is called as net(x, sigma, class_labels) with one-hot labels (label_dim classes).
-    """
-    pkl_path, edm_repo = Path(pkl_path), Path(edm_repo)
-    kind = "cond" if "cond" in pkl_path.name and "uncond" not in pkl_path.name else "uncond"
-    if not pkl_path.is_file():
-        raise FileNotFoundError(
-            f"EDM checkpoint not found at {pkl_path}. Download {EDM_CHECKPOINT_URLS[kind]} "
-            f"and put it there (or set teacher.checkpoint in params.yaml to where it is).")
-    if not (edm_repo / "dnnlib").is_dir() or not (edm_repo / "torch_utils").is_dir():
-        raise FileNotFoundError(
-            f"EDM repository not found at {edm_repo} (it needs dnnlib/ and torch_utils/ to unpickle "
-            f"the checkpoint): `git clone https://github.com/NVlabs/edm {edm_repo}` "
-            f"(or set teacher.edm_repo in params.yaml).")
-    if not trust:
-        digest = file_sha256(pkl_path)
-        if digest not in EDM_CHECKPOINT_SHA256.values():
-            raise ValueError(
-                f"{pkl_path}: sha256 {digest} is not an official EDM checkpoint's pinned here "
-                f"({EDM_CHECKPOINT_SHA256}). Unpickling runs code from the file, so only pinned files are "
-                f"loaded; for a file you trust (e.g. the conditional checkpoint, not pinned yet) set "
-                f"teacher.trust_pickle: true (--trust-pickle on the command line).")
-    if str(edm_repo.resolve()) not in sys.path:
-        sys.path.insert(0, str(edm_repo.resolve()))
-    try:
-        with open(pkl_path, "rb") as f:
-            data = pickle.load(f)
-    except Exception as e:  # whatever unpickling a wrong or damaged file raises
-        raise ValueError(f"{pkl_path}: not a readable EDM network pickle ({type(e).__name__}: {e})") from e
-    net = data.get("ema") if isinstance(data, dict) else None
-    if not isinstance(net, nn.Module):
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{pkl_path}: expected an EDM network pickle, a dict whose 'ema' is a torch "
-                         f"module; found {found}")
-    for attr in ("img_resolution", "img_channels", "label_dim"):
-        if not hasattr(net, attr):
-            raise ValueError(f"{pkl_path}: the 'ema' network has no '{attr}': not an EDM denoiser")
-    return EDMNetwork(net).eval().requires_grad_(False)
-
-
-class EDMNetwork(nn.Module):
-    """An official EDM network as a `Denoiser`: integer class labels become the one-hot vectors it
-    takes. img_resolution, img_channels and label_dim are the network's."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-        self.img_resolution, self.img_channels, self.label_dim = net.img_resolution, net.img_channels, net.label_dim
-
-    def forward(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
-        if self.label_dim and class_labels is None:
-            raise ValueError(f"this EDM network is class-conditional ({self.label_dim} classes): pass class_labels")
-        onehot = F.one_hot(class_labels, self.label_dim).float() if self.label_dim else None
-        return self.net(x, sigma, onehot)
+@torch.no_grad()
+def sample_teacher(denoise: Denoiser, n: int, shape: tuple[int, int, int], num_classes: int | None = None,
+                   seed_offset: int = 0, batch_size: int = 500, sampler: SamplerConfig = SamplerConfig(),
+                   device: torch.device | str = "cpu") -> Tensor:
+    """n teacher images (uint8) with EDM's deterministic sampler (35 network evaluations by default)."""
+    out = []
+    for lo in range(0, n, batch_size):
+        latents, labels = latents_for_seeds(range(seed_offset + lo, seed_offset + min(n, lo + batch_size)), shape, num_classes)
+        x = edm_sampler(denoise, latents.to(device), None if labels is None else labels.to(device),
+                        num_steps=sampler.num_steps, sigma_min=sampler.sigma_min, sigma_max=sampler.sigma_max,
+                        rho=sampler.rho, solver=sampler.solver)
+        out.append(to_uint8(x.float().cpu()))
+    return torch.cat(out)

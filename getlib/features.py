@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from getlib.data import to_uint8
 from getlib.io import atomic_torch_save, first_line
 
-__all__ = ["FeatureNet", "split_indices", "train_feature_net", "load_feature_net", "image_features"]
+__all__ = ["FeatureNet", "train_feature_net", "load_feature_net", "image_features"]
 
 
 class FeatureNet(nn.Module):
@@ -47,12 +47,6 @@ class FeatureNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
-
-
-def split_indices(n: int, held_out: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """A fixed random train / held-out split of n items."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[held_out:], perm[:held_out]
 
 
 def _shift(x: Tensor, g: torch.Generator) -> Tensor:

@@ -1,10 +1,11 @@
-"""Plotting and table helpers that the notebooks and the training loop call."""
+"""Plotting and table helpers that the notebooks, the figures stage and the training loop call."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor
 
@@ -12,7 +13,7 @@ from getlib.data import to_uint8
 from getlib.io import atomic_write
 
 __all__ = ["image_grid", "grid_image", "save_grid", "sample_panels", "line_plot", "iterations_plot", "image_rows",
-           "scatter_plot", "bar_panels"]
+           "scatter_plot", "bar_panels", "slerp", "one_step_rows", "get_vs_vit_rows", "benchmark_rows"]
 
 
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1) -> np.ndarray:
@@ -185,3 +186,66 @@ def bar_panels(panels: dict[str, dict[str, float]], path: str | Path, title: str
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation between latents a and b at fractions t: (len(t), *a.shape)."""
+    cos = (a.flatten() @ b.flatten()) / (a.norm() * b.norm())
+    theta = torch.arccos(cos.clamp(-1, 1))
+    w0 = torch.sin((1 - t) * theta) / torch.sin(theta)
+    w1 = torch.sin(t * theta) / torch.sin(theta)
+    return w0.view(-1, *[1] * a.ndim) * a + w1.view(-1, *[1] * a.ndim) * b
+
+
+# ------------------------------------------------------------------------------------------------
+# The paper's tables, as rows (io.write_results writes them), from the evaluation's comparison rows
+# ------------------------------------------------------------------------------------------------
+
+def one_step_rows(comparison: list[dict], reported: list[dict] = ()) -> list[dict]:
+    """One-step generation against the teacher: the measured rows, then any `reported` ones (the
+    paper's numbers, as separate rows); no IS column when no row has one."""
+    rows = [{"source": r["source"], "kind": r["kind"], "condition": r["condition"], "nfe": r["nfe"],
+             "fid": r["fid"], "fid_std": r["fid_std"], "kid": r["kid"], "is": r.get("is"), "params": r.get("params"),
+             "gflops_per_sample": r.get("gflops_per_sample"), "images_per_s": r.get("images_per_s"),
+             "result": "measured"} for r in comparison] + list(reported)
+    if all(r["is"] is None for r in rows):
+        rows = [{k: v for k, v in r.items() if k != "is"} for r in rows]
+    return rows
+
+
+def get_vs_vit_rows(comparison: list[dict]) -> list[dict]:
+    """Each GET against the ViTs of its condition: the one closest in size ('matched size') and the
+    one closest to 5x its parameters ('~5x size', only when one lies within 2.5x..10x)."""
+    rows = []
+    students = [r for r in comparison if r["kind"] in ("GET", "ViT")]
+    for get in (r for r in students if r["kind"] == "GET"):
+        vits = [r for r in students if r["kind"] == "ViT" and r["condition"] == get["condition"]]
+        for relation, target in (("matched size", 1.0), ("~5x size", 5.0)):
+            if not vits:
+                continue
+            vit = min(vits, key=lambda v: abs(math.log(v["params"] / get["params"] / target)))
+            if relation == "~5x size" and abs(math.log(vit["params"] / get["params"] / 5)) > math.log(2):
+                continue
+            rows.append({"get": get["source"], "get_params": get["params"], "get_fid": get["fid"],
+                         "get_train_pflops": get["train_pflops"], "vit": vit["source"], "relation": relation,
+                         "vit_params": vit["params"], "vit_fid": vit["fid"], "vit_train_pflops": vit["train_pflops"],
+                         "params_ratio": vit["params"] / get["params"], "fid_ratio": get["fid"] / vit["fid"],
+                         "sampling_gflops_ratio": vit["gflops_per_sample"] / get["gflops_per_sample"]})
+    return rows
+
+
+def benchmark_rows(comparison: list[dict], manifests: dict[str, dict]) -> list[dict]:
+    """Per student: sampling speed against its teacher's, training activation memory (plain and
+    memory-efficient), and the storage of a pair (`manifests`: each condition's pair-set manifest)."""
+    rows = []
+    for r in (r for r in comparison if r["kind"] in ("GET", "ViT")):
+        teacher = next(t for t in comparison if t["kind"] == "teacher" and t["condition"] == r["condition"])
+        manifest = manifests[r["condition"]]
+        rows.append({"student": r["source"], "model": r["model"], "images_per_s": r["images_per_s"],
+                     "teacher_images_per_s": teacher["images_per_s"],
+                     "speedup_vs_teacher": r["images_per_s"] / teacher["images_per_s"],
+                     "train_activations_kib_per_image": r["activations_kib_per_image"],
+                     "memory_efficient_kib_per_image": r.get("activations_kib_per_image_memory_efficient"),
+                     "bytes_per_pair": manifest["bytes_per_pair"],
+                     "bytes_per_pair_released_format": manifest["bytes_per_pair"] / manifest["bytes_per_pair_vs_released"]})
+    return rows

@@ -1,6 +1,7 @@
 """Atomic writes and checksums: a file is either absent or complete, never half-written."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -14,8 +15,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "atomic_save_npz", "file_sha256", "first_line",
-           "atomic_copy", "inside", "remove_owned"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_write_csv", "atomic_torch_save", "atomic_save_npz",
+           "file_sha256", "first_line", "atomic_copy", "atomic_copytree", "inside", "remove_owned", "read_csv", "read_json",
+           "write_results"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None],
@@ -81,6 +83,21 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
     atomic_write(dst, write)
 
 
+def atomic_copytree(src: str | Path, dst: str | Path) -> None:
+    """Copy the folder `src` to `dst` (which must not exist) through a temporary sibling and a rename."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists: copy into a new folder")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=True)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def inside(path: str | Path, base: str | Path) -> bool:
     """Whether `path` lies strictly inside `base`, after resolving '..' and symbolic links."""
     path, base = Path(path).resolve(), Path(base).resolve()
@@ -99,3 +116,41 @@ def remove_owned(path: str | Path, owner: str | Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables
+# ------------------------------------------------------------------------------------------------
+
+def atomic_write_csv(rows: list[dict], path: str | Path, columns: list[str] | None = None) -> None:
+    """rows -> a CSV file with a header (`columns`, or the first row's keys), written atomically."""
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=columns or list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_json(path: str | Path) -> list:
+    """A JSON list, or [] when the file does not exist (an optional table)."""
+    return json.loads(Path(path).read_text()) if Path(path).exists() else []
+
+
+def write_results(rows: list[dict], folder: str | Path, name: str, title: str, note: str = "") -> None:
+    """rows -> folder/name.json, name.csv and name.md (a Markdown table under `title`)."""
+    folder = Path(folder)
+    atomic_write_json(folder / f"{name}.json", rows)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v: object) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else "n/a" if v is None else str(v)
+
+    atomic_write_csv(rows, folder / f"{name}.csv", cols)
+    lines = [f"# {title}", ""] + ([note, ""] if note else []) + ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    atomic_write(folder / f"{name}.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))

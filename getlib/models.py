@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from getlib.deq import DEQConfig, SolverStats, solve_deq
+from getlib.deq import SolverStats, solve_deq
 from getlib.io import first_line
+from getlib.settings import GET_CONFIGS, VIT_CONFIGS, DEQConfig
 
-__all__ = ["GET", "ViT", "GET_models", "ViT_models", "build_model", "load_released",
-           "sincos_pos_embed_2d", "count_params"]
+__all__ = ["GET", "ViT", "GET_models", "ViT_models", "build_model", "load_released", "load_student",
+           "sincos_pos_embed_2d", "count_params", "z0_for_keys", "mix_seed"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,6 +227,33 @@ class _PatchTransformer(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
+# GET's initial state: one rule for every z0 the project draws
+# ------------------------------------------------------------------------------------------------
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix-style), for per-item generators."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    return h >> 1
+
+
+def z0_for_keys(keys: list[tuple[int, ...]], token_shape: tuple[int, int]) -> Tensor:
+    """The one z0 rule: the initial equilibrium state of the sample keyed by the integers `key` is
+    N(0, I) of `token_shape` (T, D), drawn from a CPU generator seeded with mix_seed(*key, 1).
+
+    A generated sample is keyed by its seed s, as its latent and label are (`edm.latents_for_seeds`);
+    a training pair by (training seed, its index in the pair set, epoch). So a z0 depends on its
+    key alone, never on the batch, rank or device. Returns (len(keys), T, D).
+    """
+    z0 = torch.empty(len(keys), *token_shape)
+    for row, key in enumerate(keys):
+        torch.randn(token_shape, generator=torch.Generator().manual_seed(mix_seed(*key, 1)), out=z0[row])
+    return z0
+
+
+# ------------------------------------------------------------------------------------------------
 # GET
 # ------------------------------------------------------------------------------------------------
 
@@ -237,7 +265,7 @@ class GET(_PatchTransformer):
       train mode: the decoded supervised states [x_1, ..., x_n] (the paper: the 6 unrolled states),
                   for the fixed-point correction loss.
     z0, the initial equilibrium state (B, T, D), is drawn N(0, I) from `generator` (or the global
-    RNG) unless given. `deq_overrides` change DEQConfig fields for this call, e.g.
+    RNG) unless given; the pipeline gives it, by seed (`initial_states`, `z0_for_keys`). `deq_overrides` change DEQConfig fields for this call, e.g.
     `model(noise, eval_f_max_iter=12, eval_f_solver='anderson')`. With return_stats=True the
     solver's SolverStats are returned as well.
     """
@@ -274,6 +302,10 @@ class GET(_PatchTransformer):
                     z = block(z, c, u_l)
             return z
         return f
+
+    def initial_states(self, seeds: list[int] | range) -> Tensor:
+        """z0 of the samples with these seeds (`z0_for_keys`), (B, T, D) on the CPU."""
+        return z0_for_keys([(int(s),) for s in seeds], (self.grid ** 2, self.hidden_size))
 
     def initial_state(self, batch: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """z0 ~ N(0, I) of the token shape (B, T, D), drawn on the generator's device (CPU for a
@@ -335,30 +367,6 @@ class ViT(_PatchTransformer):
 def _registry(cls: type, configs: dict[str, dict]) -> dict[str, Callable[..., nn.Module]]:
     return {name: partial(cls, name=name, **arch) for name, arch in configs.items()}
 
-
-GET_CONFIGS: dict[str, dict] = {
-    # the paper's configs (all with L_e = 3 equilibrium blocks, patch 2)
-    "GET-T/2":  dict(hidden_size=256, depth=6, num_heads=4, deq_mlp_ratio=6),
-    "GET-M/2":  dict(hidden_size=384, depth=6, num_heads=6, deq_mlp_ratio=6),
-    "GET-S/2":  dict(hidden_size=512, depth=6, num_heads=8, deq_mlp_ratio=8),
-    "GET-B/2":  dict(hidden_size=768, depth=1, num_heads=12, deq_mlp_ratio=12),
-    "GET-B/2+": dict(hidden_size=768, depth=6, num_heads=12, deq_mlp_ratio=8),
-    # small configs for the embedded digits profile (pass input_size=8, in_channels=1)
-    "GET-P/2":  dict(hidden_size=64, depth=2, num_heads=4, deq_mlp_ratio=4),
-    "GET-N/2":  dict(hidden_size=96, depth=2, num_heads=6, deq_mlp_ratio=4),
-}
-
-_VIT_SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
-VIT_CONFIGS: dict[str, dict] = {
-    f"ViT-{size}/{p}": dict(hidden_size=d, depth=depth, num_heads=h, patch_size=p)
-    for size, (d, depth, h) in _VIT_SIZES.items() for p in (2, 4, 8)
-}
-VIT_CONFIGS.update({
-    # small configs for the embedded digits profile: P matches GET-P/2's size, U is ~4x it
-    "ViT-P/2": dict(hidden_size=64, depth=6, num_heads=4, patch_size=2),
-    "ViT-N/2": dict(hidden_size=96, depth=6, num_heads=6, patch_size=2),
-    "ViT-U/2": dict(hidden_size=128, depth=6, num_heads=8, patch_size=2),
-})
 
 GET_models = _registry(GET, GET_CONFIGS)
 ViT_models = _registry(ViT, VIT_CONFIGS)
@@ -437,3 +445,17 @@ def load_released(path: str | Path, model_name: str, cond: bool = False, ema: bo
     model.load_state_dict(state)
     return model.eval()
 
+
+def load_student(path: str | Path) -> nn.Module:
+    """The EMA student saved at the end of a run (out/student.pt) or a snapshot
+    (out/snapshots/step-*.pt), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no student at {path}: run the distillation first")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(blob["model_name"], **blob["model_kwargs"])
+        model.load_state_dict(blob["ema"])
+    except Exception as e:   # truncated, another kind of file, or weights of another model
+        raise ValueError(f"{path}: not a student saved by getlib.train ({type(e).__name__}: {first_line(e)})") from e
+    return model.eval().requires_grad_(False)

@@ -551,28 +551,13 @@ def _import(src: Path, root: Path, lat_files: list[Path], img_files: list[Path],
 # Command line: python -m getlib.pairs ... (torchrun for several GPUs)
 # ------------------------------------------------------------------------------------------------
 
-def teacher_from_checkpoint(path: str | Path, edm_repo: str | Path | None = None,
-                            trust_pickle: bool = False) -> tuple[Denoiser, dict]:
-    """The teacher in `path` and its identity: an official EDM pickle (.pkl, needs `edm_repo`;
-    another pickle only with `trust_pickle`) or an embedded teacher written by `teacher.train_teacher`."""
-    from getlib.edm import load_edm_checkpoint
-    from getlib.teacher import load_teacher
-
-    path = Path(path)
-    if path.suffix == ".pkl":
-        if edm_repo is None:
-            raise ValueError(f"{path} is an EDM pickle: give the EDM repository folder (--edm-repo)")
-        denoise, kind = load_edm_checkpoint(path, edm_repo, trust=trust_pickle), "edm"
-    else:
-        denoise, kind = load_teacher(path), "embedded"
-    return denoise, {"kind": kind, "checkpoint": path.name, "sha256": file_sha256(path)}
-
-
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import os
 
     import torch.distributed as dist
+
+    from getlib.checkpoints import teacher_from_checkpoint
 
     ap = argparse.ArgumentParser(prog="python -m getlib.pairs", description=(
         "Generate teacher noise/image pairs into a sharded, checksummed pair set (resumable). "

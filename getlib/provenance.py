@@ -18,30 +18,48 @@ from pathlib import Path
 
 from getlib.io import atomic_write_json
 
-__all__ = ["import_closure", "code_fingerprint", "read_record", "write_record", "RECORD"]
+__all__ = ["import_closure", "imported_modules", "module_file", "code_fingerprint", "read_record", "write_record", "RECORD"]
 
 PACKAGE = Path(__file__).resolve().parent
 RECORD = ".provenance.json"
 
 
-def _imports(module: str) -> set[str]:
-    """The getlib modules that `module` (e.g. 'getlib.pairs') imports anywhere in its source."""
-    tree = ast.parse((PACKAGE / f"{module.split('.', 1)[1]}.py").read_text())
+def module_file(module: str) -> Path:
+    """The source file of a getlib module ('getlib.stages' -> getlib/stages/__init__.py)."""
+    rel = Path(*module.split(".")[1:])
+    return PACKAGE / rel / "__init__.py" if (PACKAGE / rel).is_dir() else PACKAGE / rel.with_suffix(".py")
+
+
+def _is_module(module: str) -> bool:
+    return module_file(module).is_file()
+
+
+def _with_packages(module: str) -> set[str]:
+    """`module` and the packages Python runs first to import it ('getlib', 'getlib.stages')."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    """The getlib modules (with their packages) that the code `tree` imports anywhere in it."""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("getlib.")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "getlib":   # from getlib import data
-                found |= {f"getlib.{a.name}" for a in node.names if (PACKAGE / f"{a.name}.py").is_file()}
-            elif node.module.startswith("getlib."):
-                found.add(node.module)
-    return found
+            found |= {a.name for a in node.names if a.name == "getlib" or a.name.startswith("getlib.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and (
+                node.module == "getlib" or node.module.startswith("getlib.")):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names if _is_module(f"{node.module}.{a.name}")}
+    return {p for m in found for p in _with_packages(m)}
+
+
+def _imports(module: str) -> set[str]:
+    return imported_modules(ast.parse(module_file(module).read_text()))
 
 
 def import_closure(*modules: str) -> list[str]:
     """`modules` and every getlib module they can import, sorted."""
-    seen, todo = set(), list(modules)
+    seen, todo = set(), [p for m in modules for p in sorted(_with_packages(m))]
     while todo:
         m = todo.pop()
         if m not in seen:
@@ -55,7 +73,7 @@ def code_fingerprint(*modules: str) -> str:
     docstrings, so that an edit of a comment, a docstring or the layout leaves it unchanged."""
     h = hashlib.sha256()
     for m in import_closure(*modules):
-        tree = ast.parse((PACKAGE / f"{m.split('.', 1)[1]}.py").read_text())
+        tree = ast.parse(module_file(m).read_text())
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
             if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)

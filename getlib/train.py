@@ -6,8 +6,9 @@ clipping, EMA 0.9999 per step, batch 128. Every knob is a `TrainConfig` field (a
 
 Determinism. What a step sees depends on (seed, step, world size) alone: each rank's batch of step
 s is a slice of a per-epoch permutation of its own shards, and each pair's initial equilibrium state
-z0 is drawn from a generator seeded with (seed, the pair's index in the whole set, epoch). So a run
-resumed from its checkpoint ends with weights bit-identical to an uninterrupted one (on CPU); a pair's
+z0 follows the one z0 rule (`models.z0_for_keys`), keyed by (seed, the pair's index in the whole
+set, epoch). So a run resumed from its checkpoint ends with weights bit-identical to an
+uninterrupted one (on CPU); a pair's
 z0 does not depend on which rank or batch it lands in, so W ranks and one process given the same
 global batch compute the same step. Resuming with another world size is refused (it changes the order).
 
@@ -24,115 +25,30 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from getlib.deq import DEQConfig, fp_correction
+from getlib.deq import LOSSES, fp_correction
 from getlib.ema import ema_beta, update_ema
-from getlib.io import atomic_torch_save, atomic_write, atomic_write_json, file_sha256, first_line
-from getlib.models import GET, ViT_models, build_model, count_params
+from getlib.io import atomic_torch_save, atomic_write_csv, atomic_write_json, file_sha256, first_line
+from getlib.models import GET, ViT_models, build_model, count_params, mix_seed, z0_for_keys
 from getlib.pairs import MANIFEST, PairDataset
 from getlib.provenance import RECORD, code_fingerprint, read_record, write_record
+from getlib.settings import TrainConfig
 
-__all__ = ["TrainConfig", "train", "load_student", "TrainingDiverged", "learning_rate", "resumable_changes",
-           "resume_problems", "main"]
+__all__ = ["TrainConfig", "train", "TrainingDiverged", "learning_rate", "resumable_changes",
+           "resume_problems", "reuse_problems", "main"]
 
-LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 # Settings a resumed run may change; any other difference from the checkpoint is refused.
 RESUMABLE_CHANGES = {"max_steps", "time_budget_s", "log_every", "ckpt_every", "sample_every", "snapshot_every",
                      "num_samples", "num_workers", "device", "progress", "out"}
-
-
-@dataclass
-class TrainConfig:
-    """One distillation run. Defaults: the paper's unconditional CIFAR-10 recipe."""
-    pairs: str = ""                       # pair set folder (getlib.pairs)
-    out: str = ""                         # run folder: checkpoints/, metrics.csv, samples/, run.json
-    model: str = "GET-T/2"                # a name from GET_models or ViT_models
-    cond: bool = False                    # class-conditional student (needs class-conditional pairs)
-    deq: dict = field(default_factory=dict)   # DEQConfig overrides, e.g. {f_max_iter: 5, grad_steps: 1}
-    loss: str = "l1"                      # 'l1' | 'l2', per supervised state
-    gamma: float = 0.8                    # fixed-point correction: weights gamma^(n-k-1)
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0                 # linear learning-rate warm-up
-    lr_schedule: str = "constant"         # 'constant' (the paper's) | 'cosine': to 0 at max_steps after the warm-up
-    grad_clip: float | None = None        # max gradient norm
-    ema_decay: float = 0.9999             # per-step EMA decay (the paper's) ...
-    ema_halflife_images: float | None = None   # ... or a half-life in images (overrides ema_decay)
-    ema_rampup_ratio: float | None = None      # with the half-life: EDM's ramp-up for short runs
-    batch_size: int = 128                 # global, over all ranks
-    max_steps: int = 800_000
-    time_budget_s: float | None = None    # also stop after this much wall-clock time (not reproducible)
-    seed: int = 0
-    log_every: int = 100
-    ckpt_every: int = 10_000
-    sample_every: int = 10_000            # EMA sample grid and solver residuals
-    snapshot_every: int | None = None     # keep the EMA weights every this many steps (FID vs iterations)
-    num_samples: int = 64
-    num_workers: int = 0
-    device: str = "auto"                  # 'auto' | 'cpu' | 'cuda'
-    amp: bool = True                      # bf16 autocast on CUDA (CPU runs in float32)
-    compile: bool = False                 # torch.compile the student (CUDA)
-    explode_factor: float = 20.0          # stop when the loss exceeds this x its recent median
-    progress: bool = True
-
-    def __post_init__(self):
-        self.betas = tuple(self.betas)
-        for f in dataclasses.fields(self):
-            value, kinds = getattr(self, f.name), _TYPES[f.type]
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                raise ValueError(f"training setting {f.name} must be {f.type}, got {value!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
-        for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "sample_every"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)!r}")
-        for key, ok, rule in (
-                ("lr", 0 < self.lr < math.inf, "> 0 and finite"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
-                ("betas", len(self.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas),
-                 "two numbers in [0, 1)"),
-                ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "> 0 or null"),
-                ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)"),
-                ("ema_halflife_images", self.ema_halflife_images is None or 0 < self.ema_halflife_images < math.inf,
-                 "> 0 and finite, or null"),
-                ("ema_rampup_ratio", self.ema_rampup_ratio is None or self.ema_rampup_ratio >= 0, ">= 0 or null"),
-                ("time_budget_s", self.time_budget_s is None or self.time_budget_s > 0, "> 0 or null"),
-                ("num_samples", self.num_samples >= 1, ">= 1"), ("num_workers", self.num_workers >= 0, ">= 0"),
-                ("seed", self.seed >= 0, ">= 0"), ("explode_factor", self.explode_factor > 1, "> 1")):
-            if not ok:   # (comparisons with NaN are false: NaN is refused too)
-                raise ValueError(f"{key} must be {rule}, got {getattr(self, key)!r}")
-        if self.snapshot_every is not None and self.snapshot_every < 1:
-            raise ValueError(f"snapshot_every must be a positive integer or null, got {self.snapshot_every!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        DEQConfig.from_dict(self.deq)  # names an unknown or bad DEQ setting now
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
-
-
-_TYPES = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float), "float | None": (int, float, type(None)),
-          "int | None": (int, type(None)),
-          "dict": (dict,), "tuple[float, float]": (tuple,)}
 
 
 class TrainingDiverged(RuntimeError):
@@ -142,15 +58,6 @@ class TrainingDiverged(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 # Data: a deterministic schedule of (pair, epoch) items, and z0 per pair and epoch
 # ------------------------------------------------------------------------------------------------
-
-def _mix(*values: int) -> int:
-    """A 63-bit seed from integers (splitmix-style), for per-item generators."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (int(v) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
-        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    return h >> 1
-
 
 class StepBatches(Sampler):
     """Batches of (local index, epoch): step s takes slice s % steps_per_epoch of epoch
@@ -168,7 +75,7 @@ class StepBatches(Sampler):
         for step in range(self.start, self.stop):
             e, j = divmod(step, self.steps_per_epoch)
             if e != epoch:
-                g = torch.Generator().manual_seed(_mix(self.seed, self.rank, e))
+                g = torch.Generator().manual_seed(mix_seed(self.seed, self.rank, e))
                 epoch, perm = e, torch.randperm(self.n, generator=g).tolist()
             yield [(i, e) for i in perm[j * self.batch:(j + 1) * self.batch]]
 
@@ -194,11 +101,9 @@ class TrainingItems(Dataset):
         latents, images, labels = self.pairs.batch(indices)
         if self.z0_shape is None:
             return latents, images, labels, torch.empty(len(items), 0)
-        z0 = torch.empty(len(items), *self.z0_shape)
-        for row, (g_index, (_, epoch)) in enumerate(zip(self.pairs.global_indices(indices).tolist(), items)):
-            torch.randn(self.z0_shape, generator=torch.Generator().manual_seed(_mix(self.seed, g_index, epoch, 1)),
-                        out=z0[row])
-        return latents, images, labels, z0
+        keys = [(self.seed, g_index, epoch) for g_index, (_, epoch) in
+                zip(self.pairs.global_indices(indices).tolist(), items)]
+        return latents, images, labels, z0_for_keys(keys, self.z0_shape)
 
 
 def _batched(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -305,6 +210,26 @@ def resume_problems(cfg: TrainConfig, world: int = 1) -> list[str]:
     now = {**_settings(cfg), "world_size": world}
     return [f"setting {k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
             if k not in resumable_changes(cfg) and _jsonable(saved.get(k)) != _jsonable(now[k])]
+
+
+# Resumable settings that do not change what a finished run holds (the others, e.g. snapshot_every, do).
+_OUTPUT_NEUTRAL = {"time_budget_s", "num_workers", "device", "progress", "out"}
+
+
+def reuse_problems(cfg: TrainConfig, source: str | Path, world: int = 1) -> list[str]:
+    """Why the finished run in `source` (another profile's) is not the run `cfg` would make; [] when
+    it is: finished, with the same pair set, code, intact checkpoint and every setting that shapes
+    its files. Training being deterministic, a copy of it is then the run `cfg` makes."""
+    source = Path(source)
+    if not (source / "student.pt").is_file():
+        return [f"{source} holds no finished run"]
+    problems = resume_problems(dataclasses.replace(cfg, out=str(source)), world)
+    if problems:
+        return problems
+    saved = _load_checkpoint(_checkpoint_path(source))["config"]
+    now = _settings(cfg)
+    return [f"setting {k}: {source} has {saved.get(k)!r}, now {now[k]!r}" for k in sorted(resumable_changes(cfg))
+            if k in now and k not in _OUTPUT_NEUTRAL and _jsonable(saved.get(k)) != _jsonable(now[k])]
 
 
 def _settings(cfg: TrainConfig) -> dict:
@@ -578,11 +503,7 @@ def _trim_log(path: Path, step: int) -> None:
         return
     kept = [r for r in rows if None not in r and None not in r.values() and _int(r["step"]) is not None
             and _int(r["step"]) <= step]
-    out = io.StringIO()
-    w = csv.DictWriter(out, fieldnames=header)
-    w.writeheader()
-    w.writerows(kept)
-    atomic_write(path, lambda f: f.write(out.getvalue().encode()))
+    atomic_write_csv(kept, path, header)
 
 
 def _int(text: str) -> int | None:
@@ -601,9 +522,7 @@ def _sample_report(ema: nn.Module, cfg: TrainConfig, pairs: PairDataset, device:
 
     n = cfg.num_samples
     latents, labels = latents_for_seeds(range(n), pairs.image_shape, pairs.num_classes if cfg.cond else None)
-    kw = {}
-    if isinstance(ema, GET):
-        kw = dict(generator=torch.Generator().manual_seed(cfg.seed), return_stats=True)
+    kw = dict(z0=ema.initial_states(range(n)).to(device), return_stats=True) if isinstance(ema, GET) else {}
     result = ema(latents.to(device), None if labels is None else labels.to(device), **kw)
     images, stats = result if isinstance(ema, GET) else (result, None)
     save_grid(images.float().cpu(), out / "samples" / f"step-{step:07d}.png")
@@ -618,21 +537,6 @@ def _sample_report(ema: nn.Module, cfg: TrainConfig, pairs: PairDataset, device:
         if new:
             w.writeheader()
         w.writerow(row)
-
-
-def load_student(path: str | Path) -> nn.Module:
-    """The EMA student saved at the end of a run (out/student.pt) or a snapshot
-    (out/snapshots/step-*.pt), in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no student at {path}: run the distillation first")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_model(blob["model_name"], **blob["model_kwargs"])
-        model.load_state_dict(blob["ema"])
-    except Exception as e:   # truncated, another kind of file, or weights of another model
-        raise ValueError(f"{path}: not a student saved by getlib.train ({type(e).__name__}: {first_line(e)})") from e
-    return model.eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------------

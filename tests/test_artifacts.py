@@ -2,8 +2,10 @@
 gives the same bytes (no timings, dates or absolute paths inside), so re-running a stage with an
 output-neutral change leaves everything downstream of it up to date."""
 import fnmatch
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from getlib.data import digits
@@ -55,15 +57,47 @@ def test_the_teacher_and_the_feature_network_are_the_same_bytes_twice(tmp_path):
     assert hashed_files(tmp_path / "one") == hashed_files(tmp_path / "two")
 
 
-def test_pairs_and_distill_depend_on_every_module_of_their_fingerprint():
-    """A pair set and a run record the fingerprint of getlib.pairs / getlib.train and everything they
-    import; DVC must re-run the stage when any of those modules changes, so its deps list them all."""
+def _stage_deps() -> dict[str, list[str]]:
     import yaml
-
-    from getlib.provenance import import_closure
-
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: (s.get("do") or s)["deps"] for name, s in stages.items()}
+
+
+def _notebook_closure(notebook: Path) -> set[str]:
+    """The getlib source files that running `notebook` can execute: the import closure of every
+    getlib import in its code cells (at any depth, function-level imports included)."""
+    import ast
+
+    from getlib.provenance import import_closure, imported_modules, module_file
+    cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+    modules = set().union(*(imported_modules(ast.parse("".join(c["source"]))) for c in cells))
+    return {module_file(m).relative_to(ROOT).as_posix() for m in import_closure(*modules)}
+
+
+@pytest.mark.parametrize("stage", sorted(_stage_deps()))
+def test_each_stage_lists_exactly_the_modules_its_notebook_can_run(stage):
+    """An edit of a module re-runs exactly the stages whose notebooks can execute it: a missing
+    module would leave results stale, an extra one would re-run a stage for nothing."""
+    deps = _stage_deps()[stage]
+    notebook = next(d for d in deps if d.endswith(".ipynb"))
+    listed = {d for d in deps if d.startswith("getlib/")}
+    needed = _notebook_closure(ROOT / notebook)
+    assert "getlib/config.py" in needed
+    assert not needed - listed, f"dvc.yaml stage {stage} lacks {sorted(needed - listed)}"
+    assert not listed - needed, f"dvc.yaml stage {stage} lists {sorted(listed - needed)}, which its notebook never runs"
+
+
+def test_a_pair_set_and_a_run_fingerprint_only_code_their_stage_lists():
+    """A pair set and a run record the fingerprint of getlib.pairs / getlib.train and what they import:
+    every module of it is a dep of the stage (else DVC would not re-run what the resume check refuses)."""
+    from getlib.provenance import import_closure, module_file
     for stage, module in (("pairs", "getlib.pairs"), ("distill", "getlib.train")):
-        modules = {f"getlib/{m.split('.', 1)[1]}.py" for m in import_closure(module)}
-        missing = modules - set(stages[stage]["do"]["deps"])
-        assert not missing, f"dvc.yaml stage {stage} lacks {sorted(missing)}"
+        modules = {module_file(m).relative_to(ROOT).as_posix() for m in import_closure(module)}
+        assert modules <= set(_stage_deps()[stage])
+
+
+def test_the_teachers_training_code_reaches_no_other_stage():
+    """Editing how the embedded teacher trains re-runs the teacher stage and nothing else (its output
+    is content-stable, so an output-neutral edit leaves pairs and everything after up to date)."""
+    users = {stage for stage, deps in _stage_deps().items() if "getlib/teacher.py" in deps}
+    assert users == {"teacher"}

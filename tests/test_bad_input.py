@@ -12,12 +12,13 @@ import yaml
 
 import getlib.pairs as pairs
 import getlib.train as train_module
-from getlib import stages
 from getlib.config import ParamsError, load_params
 from getlib.edm import SamplerConfig
 from getlib.io import remove_owned
 from getlib.pairs import PairDataset, PairSpec, generate_pairs, import_released_pairs, pair_set_problems
-from getlib.train import TrainConfig, load_student, resume_problems, train
+from getlib.models import load_student
+from getlib.stages.distill import distill
+from getlib.train import TrainConfig, resume_problems, train
 from conftest import ROOT
 
 SMOKE = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
@@ -445,19 +446,50 @@ def test_the_distill_stage_replaces_a_stale_run_and_keeps_a_good_one(project, ca
     raw["distill"].update(max_steps=4, ckpt_every=2, snapshot_every=None)
     p = load_params(write_params(root, raw))
     generate_pairs(toy_teacher(), p.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
-    first = stages.distill(p, "vit-p")
+    first = distill(p, "vit-p")
     kept = snapshot(p.work("students", "vit-p", "checkpoints"))
-    assert stages.distill(p, "vit-p")["steps"] == first["steps"] == 4     # reused as it is
+    assert distill(p, "vit-p")["steps"] == first["steps"] == 4     # reused as it is
     assert snapshot(p.work("students", "vit-p", "checkpoints")) == kept
     assert "starting anew" not in capsys.readouterr().out
     remove_owned(p.work("pairs", "uncond"), p.work("pairs"))              # new pairs from another teacher
     generate_pairs(toy_teacher(scale=0.5), p.work("pairs", "uncond"), spec(), {"kind": "other"}, SAMPLER)
-    stages.distill(p, "vit-p")
+    distill(p, "vit-p")
     assert "starting anew: its pair set changed" in capsys.readouterr().out
     assert snapshot(p.work("students", "vit-p", "checkpoints")) != kept
     assert snapshot(beside) == {"precious.txt": b"keep me"}
     logged = (p.results("train", "vit-p.csv")).read_text().splitlines()   # the log with its wall-clock columns
     assert logged[0].endswith(",grad_norm,images_per_s,seconds") and len(logged) == 3   # steps 2, 4
+
+
+def test_a_profile_reuses_another_profiles_identical_run_and_only_that(project, capsys):
+    """`reuse: <profile>` copies that profile's finished run when it is exactly the run this one would
+    make (same pairs, code and file-shaping settings); otherwise this profile trains its own. The
+    other profile's folder is only read."""
+    root, _ = project
+    raw = json.loads(json.dumps(SMOKE))
+    raw["students"] = {"vit-p": {"model": "ViT-P/2", "condition": "uncond"}}
+    raw["conditions"] = ["uncond"]
+    raw["distill"].update(max_steps=4, ckpt_every=2, snapshot_every=None)
+    a = load_params(write_params(root, raw))
+    generate_pairs(toy_teacher(), a.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
+    distill(a, "vit-p")
+    made = snapshot(a.work("students", "vit-p"))
+    for profile, change, reused in (("same", {}, True), ("other-lr", {"lr": 1e-4}, False),
+                                    ("other-snapshots", {"snapshot_every": 2}, False)):
+        raw_b = {**json.loads(json.dumps(raw)), "profile": profile, "reuse": "smoke"}
+        raw_b["distill"].update(change)
+        b = load_params(write_params(root, raw_b))
+        generate_pairs(toy_teacher(), b.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
+        capsys.readouterr()
+        distill(b, "vit-p")
+        out = capsys.readouterr().out
+        assert ("copying the identical finished run" in out) == reused, (profile, out)
+        assert (snapshot(b.work("students", "vit-p")) == made) == (profile == "same"), profile
+        assert snapshot(a.work("students", "vit-p")) == made            # the source is untouched
+    with pytest.raises(ParamsError, match="reuse names this profile"):
+        load_params(write_params(root, {**raw, "reuse": "smoke"}))
+    with pytest.raises(ParamsError, match=r"reuse: '\.\./x' is not a valid name"):
+        load_params(write_params(root, {**raw, "reuse": "../x"}))
 
 
 def test_the_teacher_file_follows_the_source_not_the_suffix(project):
@@ -467,9 +499,9 @@ def test_the_teacher_file_follows_the_source_not_the_suffix(project):
     folder.mkdir(parents=True)
     (folder / "evil.pkl").write_bytes(pickle.dumps({"ema": None}))
     with pytest.raises(FileNotFoundError, match="no teacher at .*teacher/uncond/teacher.pt"):
-        stages.teacher_file(p, "uncond")
+        p.teacher_file("uncond")
     (folder / "teacher.pt").write_bytes(b"")
-    assert stages.teacher_file(p, "uncond") == folder / "teacher.pt"
+    assert p.teacher_file("uncond") == folder / "teacher.pt"
 
 
 @pytest.mark.parametrize("kw, message", [

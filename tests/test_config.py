@@ -99,23 +99,39 @@ def test_yaml_numbers_written_like_1e_3_are_numbers(tmp_path):
 
 
 def test_a_missing_teacher_checkpoint_is_named(tmp_path):
-    from getlib import stages
+    from getlib.stages.teacher import make_teacher
     path = write(tmp_path, lambda r: r["teacher"].update(source="checkpoint", edm_repo="edm",
                                                           checkpoints={"uncond": "missing/edm-uncond.pkl"}))
     p = load_params(path)
     with pytest.raises(ParamsError, match=r"teacher\.checkpoints\.uncond: no file at .*missing/edm-uncond\.pkl"):
-        stages.make_teacher(p, "uncond")
+        make_teacher(p, "uncond")
     with pytest.raises(ParamsError, match=r"teacher\.checkpoints\.cond is not set"):
-        stages.make_teacher(p, "cond")
+        make_teacher(p, "cond")
     assert not p.work().exists()  # nothing was written
 
 
 def test_asking_for_cuda_without_a_gpu_is_named():
     import torch
 
-    from getlib.stages import device_of
+    from getlib.config import device_of
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ParamsError, match="device cuda .* no GPU"):
         device_of("cuda")
     assert device_of("auto").type == "cpu"
+
+
+def test_the_settings_name_what_the_registries_hold():
+    from getlib.deq import GRADIENTS, LOSSES, SOLVERS
+    from getlib.models import GET_models, ViT_models
+    from getlib.settings import GET_CONFIGS, GRADIENT_NAMES, LOSS_NAMES, SOLVER_NAMES, VIT_CONFIGS
+    assert set(SOLVER_NAMES) == set(SOLVERS) and set(GRADIENT_NAMES) == set(GRADIENTS)
+    assert set(LOSS_NAMES) == set(LOSSES)
+    assert set(GET_CONFIGS) == set(GET_models) and set(VIT_CONFIGS) == set(ViT_models)
+
+
+def test_validating_params_needs_none_of_the_librarys_code():
+    """Every stage runs config.py: it must not import the models, solvers, sampler or training, or an
+    edit of any of them would re-run every stage (dvc.yaml lists each stage's import closure)."""
+    from getlib.provenance import import_closure
+    assert import_closure("getlib.config") == ["getlib", "getlib.config", "getlib.settings"]

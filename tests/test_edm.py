@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from getlib.edm import (EDMPrecond, SamplerConfig, edm_loss, edm_sampler, latents_for_seeds,
-                        load_edm_checkpoint, precond_coeffs, time_steps)
+from getlib.checkpoints import load_edm_checkpoint
+from getlib.edm import (EDMPrecond, SamplerConfig, edm_loss, edm_sampler, latents_for_seeds, precond_coeffs,
+                        time_steps)
 
 
 def test_preconditioning_by_hand():
@@ -154,7 +155,7 @@ def fake_edm_repo(tmp_path, monkeypatch):
 
 
 def test_edm_checkpoint_loads_through_the_edm_repo(fake_edm_repo, monkeypatch):
-    import getlib.edm as edm
+    import getlib.checkpoints as checkpoints
     from getlib.io import file_sha256
 
     repo, pkl = fake_edm_repo
@@ -164,7 +165,7 @@ def test_edm_checkpoint_loads_through_the_edm_repo(fake_edm_repo, monkeypatch):
         load_edm_checkpoint(pkl, repo)
     monkeypatch.undo()
     load_edm_checkpoint(pkl, repo, trust=True)   # ... unless trusted ...
-    monkeypatch.setitem(edm.EDM_CHECKPOINT_SHA256, "uncond", file_sha256(pkl))
+    monkeypatch.setitem(checkpoints.EDM_CHECKPOINT_SHA256, "uncond", file_sha256(pkl))
     net = load_edm_checkpoint(pkl, repo)          # ... or pinned
     assert not net.training and not any(p.requires_grad for p in net.parameters())
     assert (net.img_resolution, net.img_channels, net.label_dim) == (32, 3, 0)
@@ -173,7 +174,7 @@ def test_edm_checkpoint_loads_through_the_edm_repo(fake_edm_repo, monkeypatch):
 
 
 def test_edm_network_takes_integer_labels_as_one_hot():
-    from getlib.edm import EDMNetwork
+    from getlib.checkpoints import EDMNetwork
 
     class Cond(nn.Module):
         img_resolution, img_channels, label_dim = 4, 1, 10

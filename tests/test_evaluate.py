@@ -7,9 +7,12 @@ import torch
 import torch.nn.functional as F
 
 import getlib.evaluate as ev
+import getlib.metrics as metrics
 from standins import stand_in_inception
-from getlib.data import digits, to_uint8
-from getlib.features import split_indices, train_feature_net
+from getlib.data import digits, split_indices, to_uint8
+from getlib.edm import sample_teacher
+from getlib.features import train_feature_net
+from getlib.io import write_results
 from getlib.models import GET_models, ViT_models
 
 DIGITS = dict(input_size=8, in_channels=1)
@@ -20,9 +23,9 @@ def space_and_reference(tmp_path_factory):
     x, y = digits()
     train_idx, test_idx = split_indices(len(x), 450)
     net, report = train_feature_net(x, y, train_idx, test_idx, epochs=40)
-    space = ev.digits_feature_space(net)
+    space = metrics.digits_feature_space(net)
     root = tmp_path_factory.mktemp("eval")
-    reference = ev.folder_features(ev.write_images(to_uint8(x[train_idx]), root / "train"), space)
+    reference = metrics.folder_features(metrics.write_images(to_uint8(x[train_idx]), root / "train"), space)
     return space, reference, report, x[test_idx], root
 
 
@@ -33,12 +36,12 @@ def test_feature_network_learns_the_digits(space_and_reference):
 
 def test_fid_is_zero_on_itself_and_grows_with_noise(space_and_reference):
     space, reference, _, held_out, root = space_and_reference
-    assert ev.fid_kid(reference, reference)["fid"] == pytest.approx(0, abs=1e-6)
+    assert metrics.fid_kid(reference, reference)["fid"] == pytest.approx(0, abs=1e-6)
     scores = []
     for i, noise in enumerate([0.0, 0.3, 0.6, 1.2]):
         g = torch.Generator().manual_seed(i)
         noisy = (held_out + noise * torch.randn(held_out.shape, generator=g)).clamp(-1, 1)
-        scores.append(ev.score_images(to_uint8(noisy), reference, space, root / f"noise-{i}"))
+        scores.append(metrics.score_images(to_uint8(noisy), reference, space, root / f"noise-{i}"))
     fids = [s["fid"] for s in scores]
     assert fids == sorted(fids) and fids[-1] > 10 * fids[0], fids
     assert scores[-1]["kid"] > scores[0]["kid"] and scores[0]["features"] == "digits-cnn"
@@ -68,7 +71,7 @@ def test_samples_depend_on_their_seeds_only():
     c, _ = ev.sample_student(model, 4, seed_offset=11, batch_size=4)
     assert a.dtype == torch.uint8 and torch.equal(a, b) and torch.equal(a[6:], c)
     assert len(stats["rel_residual_per_iteration"]) == 6
-    teacher = ev.sample_teacher(lambda x, s, c: torch.tanh(x), 6, (1, 8, 8), num_classes=10, seed_offset=2,
+    teacher = sample_teacher(lambda x, s, c: torch.tanh(x), 6, (1, 8, 8), num_classes=10, seed_offset=2,
                                 batch_size=4, sampler=ev.SamplerConfig(num_steps=3))
     assert teacher.shape == (6, 1, 8, 8) and teacher.dtype == torch.uint8
 
@@ -102,57 +105,57 @@ def test_training_flops_are_forward_plus_backward_by_hand():
 
 
 def test_inception_path_says_where_to_put_the_weights(tmp_path, monkeypatch):
-    monkeypatch.setattr(ev, "INCEPTION_PATH", tmp_path / "inception-2015-12-05.pt")
+    monkeypatch.setattr(metrics, "INCEPTION_PATH", tmp_path / "inception-2015-12-05.pt")
 
     def offline(*a, **k):
         raise urllib.error.URLError("no network")
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(RuntimeError, match=r"Download that file .* put it at .*inception-2015-12-05.pt"):
-        ev.inception_feature_space("clean")
+        metrics.inception_feature_space("clean")
     assert not (tmp_path / "inception-2015-12-05.pt").exists()
     with pytest.raises(ValueError, match="'clean' or 'legacy_tensorflow'"):
-        ev.inception_feature_space("legacy_pytorch")
+        metrics.inception_feature_space("legacy_pytorch")
 
 
 @pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow"])
 def test_inception_plumbing_with_a_stand_in_network(tmp_path, monkeypatch, mode):
     """Everything of the Inception path but the real weights: clean-fid's loader, resize, IS."""
-    monkeypatch.setattr(ev, "INCEPTION_PATH", tmp_path / "inception-2015-12-05.pt")
-    stand_in_inception(ev.INCEPTION_PATH)
-    space = ev.inception_feature_space(mode)
-    folder = ev.write_images(torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8), tmp_path / "imgs")
-    feats = ev.folder_features(folder, space)
+    monkeypatch.setattr(metrics, "INCEPTION_PATH", tmp_path / "inception-2015-12-05.pt")
+    stand_in_inception(metrics.INCEPTION_PATH)
+    space = metrics.inception_feature_space(mode)
+    folder = metrics.write_images(torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8), tmp_path / "imgs")
+    feats = metrics.folder_features(folder, space)
     assert feats.shape == (12, 2048) and space.name == f"inception-{mode}"
-    score = ev.inception_score(folder, space, splits=3)
+    score = metrics.inception_score(folder, space, splits=3)
     assert score["n"] == 12 and 1.0 <= score["is"] <= 1008
 
 
 def test_cifar10_reference_through_the_inception_road(tmp_path, monkeypatch):
     import pickle
-    monkeypatch.setattr(ev, "INCEPTION_PATH", tmp_path / "inception-2015-12-05.pt")
-    stand_in_inception(ev.INCEPTION_PATH)
+    monkeypatch.setattr(metrics, "INCEPTION_PATH", tmp_path / "inception-2015-12-05.pt")
+    stand_in_inception(metrics.INCEPTION_PATH)
     folder = tmp_path / "data" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / name, "wb") as f:
             pickle.dump({"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), "labels": [0, 1, 2]}, f)
-    space = ev.inception_feature_space("clean")
-    train = ev.cifar10_reference(tmp_path / "data", "train", space, tmp_path / "work", check_md5=False)
-    test = ev.cifar10_reference(tmp_path / "data", "test", space, tmp_path / "work", check_md5=False)
+    space = metrics.inception_feature_space("clean")
+    train = metrics.cifar10_reference(tmp_path / "data", "train", space, tmp_path / "work", check_md5=False)
+    test = metrics.cifar10_reference(tmp_path / "data", "test", space, tmp_path / "work", check_md5=False)
     assert train.shape == (15, 2048) and test.shape == (3, 2048)
-    again = ev.cifar10_reference(tmp_path / "data", "train", space, tmp_path / "work", check_md5=False)  # reuses the folder
+    again = metrics.cifar10_reference(tmp_path / "data", "train", space, tmp_path / "work", check_md5=False)  # reuses the folder
     np.testing.assert_array_equal(train, again)
 
 
-@pytest.mark.skipif(not ev.INCEPTION_PATH.exists(), reason="Inception weights not present (offline machine)")
+@pytest.mark.skipif(not metrics.INCEPTION_PATH.exists(), reason="Inception weights not present (offline machine)")
 def test_inception_fid_and_is_when_the_weights_are_present(tmp_path):
-    space = ev.inception_feature_space("clean")
+    space = metrics.inception_feature_space("clean")
     images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
-    folder = ev.write_images(images, tmp_path / "a")
-    feats = ev.folder_features(folder, space)
+    folder = metrics.write_images(images, tmp_path / "a")
+    feats = metrics.folder_features(folder, space)
     assert feats.shape == (20, 2048)
-    score = ev.inception_score(folder, space, splits=2)
+    score = metrics.inception_score(folder, space, splits=2)
     assert score["is"] >= 1.0
 
 
@@ -162,26 +165,26 @@ def test_inception_score_by_hand(tmp_path):
     whatever the images) are avoided."""
     images = torch.zeros(12, 3, 8, 8, dtype=torch.uint8)
     images[1::2] = 255
-    folder = ev.write_images(images, tmp_path / "bw")
-    space = ev.FeatureSpace(name="brightness", extractor=lambda x: x.mean((2, 3)),
+    folder = metrics.write_images(images, tmp_path / "bw")
+    space = metrics.FeatureSpace(name="brightness", extractor=lambda x: x.mean((2, 3)),
                             resize=lambda img: np.asarray(img, dtype=np.uint8),
                             class_probabilities=lambda x: F.one_hot((x.mean((1, 2, 3)) > 127).long(), 2).float())
-    score = ev.inception_score(folder, space, splits=6)
+    score = metrics.inception_score(folder, space, splits=6)
     assert score["splits"] == 6 and score["is"] == pytest.approx(2.0) and score["is_std"] == pytest.approx(0.0)
-    assert ev.inception_score(folder, space, splits=10)["splits"] == 6   # at most n / 2 splits
-    same = ev.write_images(torch.zeros(6, 3, 8, 8, dtype=torch.uint8), tmp_path / "black")
-    assert ev.inception_score(same, space)["is"] == pytest.approx(1.0)    # one class only: no diversity
+    assert metrics.inception_score(folder, space, splits=10)["splits"] == 6   # at most n / 2 splits
+    same = metrics.write_images(torch.zeros(6, 3, 8, 8, dtype=torch.uint8), tmp_path / "black")
+    assert metrics.inception_score(same, space)["is"] == pytest.approx(1.0)    # one class only: no diversity
 
 
 def test_inception_score_needs_logits(space_and_reference, tmp_path):
     space, *_ = space_and_reference
     with pytest.raises(ValueError, match="Inception Score needs Inception"):  # the digits CNN has no classes
-        ev.inception_score(tmp_path, space)
+        metrics.inception_score(tmp_path, space)
 
 
 def test_results_are_written_as_json_csv_and_markdown(tmp_path):
     rows = [{"model": "GET-P/2", "fid": 12.3456, "n": 2000}, {"model": "teacher", "fid": 1.5, "n": 2000}]
-    ev.write_results(rows, tmp_path, "table", "Title", note="FID: digits-cnn, 2000 vs 1347")
+    write_results(rows, tmp_path, "table", "Title", note="FID: digits-cnn, 2000 vs 1347")
     import json
     assert json.loads((tmp_path / "table.json").read_text()) == rows
     assert (tmp_path / "table.csv").read_text().splitlines()[0] == "model,fid,n"
@@ -227,5 +230,5 @@ def test_kid_is_the_same_for_the_same_images_and_leaves_numpys_state_alone():
     np.random.seed(123)
     before = np.random.random()
     np.random.seed(123)
-    first, second = ev.fid_kid(a, b), ev.fid_kid(a, b)
+    first, second = metrics.fid_kid(a, b), metrics.fid_kid(a, b)
     assert first["kid"] == second["kid"] and np.random.random() == before

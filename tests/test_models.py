@@ -325,3 +325,53 @@ def test_released_checkpoint_with_code_in_it_is_not_executed(tmp_path):
     torch.save({"args": Evil(), "model": {}, "ema": {}}, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match="objects other than tensors and plain values"):
         load_released(tmp_path / "evil.pth", "GET-P/2", **DIGITS)
+
+
+# ------------------------------------------------------------------------------------------------
+# The one z0 rule
+# ------------------------------------------------------------------------------------------------
+
+def test_z0_is_a_function_of_its_key_alone():
+    from getlib.models import mix_seed, z0_for_keys
+    shape = (16, 64)
+    z = z0_for_keys([(3,), (4,), (0, 5, 2)], shape)
+    assert torch.equal(z[1], z0_for_keys([(4,)], shape)[0])            # not of the batch it is in
+    assert torch.equal(z[2], torch.randn(shape, generator=torch.Generator().manual_seed(mix_seed(0, 5, 2, 1))))
+    assert not torch.equal(z[0], z[1])
+    model = GET_models["GET-P/2"](**DIGITS)
+    assert torch.equal(model.initial_states([4, 3]), torch.stack([z[1], z[0]]))   # a sample's key is its seed
+
+
+def test_a_samples_z0_is_not_its_latents_noise():
+    """The latent of seed s is EDM's generator seeded s; z0 is drawn from another stream."""
+    from getlib.edm import latents_for_seeds
+    model = GET_models["GET-P/2"](**DIGITS)
+    latents, _ = latents_for_seeds([7], (1, 8, 8))
+    z0 = model.initial_states([7])
+    first = torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(7))
+    assert not torch.allclose(z0[0], first) and torch.equal(latents[0].flatten(), torch.randn(64, generator=torch.Generator().manual_seed(7)))
+
+
+def test_sampling_and_training_draw_z0_by_the_rule():
+    from getlib.evaluate import sample_student
+    from getlib.data import to_uint8
+    from getlib.edm import latents_for_seeds
+    from getlib.models import z0_for_keys
+    from getlib.train import TrainingItems
+    torch.manual_seed(0)
+    model = GET_models["GET-P/2"](**DIGITS).eval()
+    images, _ = sample_student(model, 3, seed_offset=10, batch_size=2)
+    latents, _ = latents_for_seeds(range(10, 13), (1, 8, 8))
+    with torch.no_grad():
+        by_rule = to_uint8(model(latents, z0=model.initial_states(range(10, 13))))
+    assert torch.equal(images, by_rule)
+
+    class Pairs:   # the two PairDataset methods TrainingItems uses
+        def batch(self, indices):
+            return torch.zeros(len(indices), 1, 8, 8), torch.zeros(len(indices), 1, 8, 8), torch.zeros(len(indices))
+
+        def global_indices(self, indices):
+            return torch.tensor(indices) + 100
+
+    *_, z0 = TrainingItems(Pairs(), (16, 64), seed=5).__getitems__([(0, 2), (3, 1)])
+    assert torch.equal(z0, z0_for_keys([(5, 100, 2), (5, 103, 1)], (16, 64)))

@@ -5,7 +5,8 @@ import torch
 from getlib.data import digits
 from getlib.edm import edm_sampler
 from getlib.ema import ema_beta
-from getlib.teacher import TeacherConfig, load_teacher, train_teacher
+from getlib.checkpoints import load_teacher
+from getlib.teacher import TeacherConfig, train_teacher
 
 TINY = dict(channels=(16, 16), emb_dim=32, batch_size=64, warmup_steps=10)
 

@@ -10,7 +10,8 @@ import torch
 
 from getlib.data import digits
 from getlib.pairs import PairSpec, generate_pairs
-from getlib.train import TrainConfig, TrainingDiverged, load_student, main, train
+from getlib.models import load_student
+from getlib.train import TrainConfig, TrainingDiverged, main, train
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from getlib.images import to_uint8
 from getlib.io import atomic_save_npz
 
-__all__ = ["digits", "cifar10", "to_uint8", "CIFAR10_URL", "split_indices", "real_images", "save_dataset", "Dataset"]
+__all__ = ["digits", "cifar10", "CIFAR10_URL", "split_indices", "real_images", "save_dataset", "Dataset"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 # The published md5 of each file of the python version (as torchvision checks them). The files are
@@ -34,11 +35,6 @@ def digits() -> tuple[Tensor, Tensor]:
     d = load_digits()
     x = torch.from_numpy(d.images).float().div(8).sub(1).unsqueeze(1)
     return x.contiguous(), torch.from_numpy(d.target).long()
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """Model space [-1, 1] -> uint8 [0, 255] as the paper evaluates: x * 127.5 + 128, clipped."""
-    return (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
 def cifar10(root: str | Path, train: bool = True, check_md5: bool = True) -> tuple[Tensor, Tensor]:
@@ -111,8 +107,10 @@ def real_images(dataset: str, held_out: int = 450, split_seed: int = 0, root: st
 def save_dataset(images: dict, path: str | Path) -> None:
     """`real_images`' result -> one .npz file (uint8 pixels, int64 labels), written atomically."""
     atomic_save_npz(path, name=np.array(images["name"]), levels=np.array(images["levels"]),
-                    **{k: images[k].numpy().astype(np.uint8) for k in ("train_raw", "held_raw")},
-                    **{k: images[k].numpy().astype(np.int64) for k in ("train_labels", "held_labels")})
+                    train_raw=images["train_raw"].numpy().astype(np.uint8),
+                    train_labels=images["train_labels"].numpy().astype(np.int64),
+                    held_raw=images["held_raw"].numpy().astype(np.uint8),
+                    held_labels=images["held_labels"].numpy().astype(np.int64))
 
 
 class Dataset:

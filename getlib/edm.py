@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from getlib.data import to_uint8
+from getlib.images import to_uint8
 from getlib.settings import SamplerConfig
 
 __all__ = ["SIGMA_DATA", "precond_coeffs", "EDMPrecond", "edm_loss", "SamplerConfig", "time_steps",

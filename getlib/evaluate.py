@@ -15,15 +15,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from getlib.data import to_uint8
 from getlib.edm import Denoiser, SamplerConfig, latents_for_seeds, sample_teacher
+from getlib.images import to_uint8
 from getlib.metrics import FeatureSpace, score_images
 from getlib.models import GET
 
 __all__ = ["sample_student", "iteration_sweep", "compare", "flops_per_sample", "training_cost", "throughput"]
-
-
-
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from getlib.data import to_uint8
+from getlib.images import to_uint8
 from getlib.io import atomic_torch_save, first_line
 
 __all__ = ["FeatureNet", "train_feature_net", "load_feature_net", "image_features"]

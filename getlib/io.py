@@ -83,15 +83,16 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
     atomic_write(dst, write)
 
 
-def atomic_copytree(src: str | Path, dst: str | Path) -> None:
-    """Copy the folder `src` to `dst` (which must not exist) through a temporary sibling and a rename."""
+def atomic_copytree(src: str | Path, dst: str | Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy the folder `src` to `dst` (which must not exist) through a temporary sibling and a rename,
+    leaving out files named in `skip` (e.g. caches that must be rebuilt)."""
     src, dst = Path(src), Path(dst)
     if dst.exists():
         raise FileExistsError(f"{dst} exists: copy into a new folder")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
     try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=True)
+        shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=True, ignore=shutil.ignore_patterns(*skip))
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -125,7 +126,7 @@ def remove_owned(path: str | Path, owner: str | Path) -> None:
 def atomic_write_csv(rows: list[dict], path: str | Path, columns: list[str] | None = None) -> None:
     """rows -> a CSV file with a header (`columns`, or the first row's keys), written atomically."""
     text = io.StringIO()
-    w = csv.DictWriter(text, fieldnames=columns or list(rows[0]))
+    w = csv.DictWriter(text, fieldnames=list(rows[0]) if columns is None else columns)
     w.writeheader()
     w.writerows(rows)
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))

@@ -265,7 +265,8 @@ class GET(_PatchTransformer):
       train mode: the decoded supervised states [x_1, ..., x_n] (the paper: the 6 unrolled states),
                   for the fixed-point correction loss.
     z0, the initial equilibrium state (B, T, D), is drawn N(0, I) from `generator` (or the global
-    RNG) unless given; the pipeline gives it, by seed (`initial_states`, `z0_for_keys`). `deq_overrides` change DEQConfig fields for this call, e.g.
+    RNG) unless given; the pipeline gives it, by seed (`initial_states`, `z0_for_keys`).
+    `deq_overrides` change DEQConfig fields for this call, e.g.
     `model(noise, eval_f_max_iter=12, eval_f_solver='anderson')`. With return_stats=True the
     solver's SolverStats are returned as well.
     """

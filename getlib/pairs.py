@@ -36,7 +36,7 @@ from getlib.io import atomic_write, atomic_write_json, file_sha256, first_line
 from getlib.provenance import RECORD, code_fingerprint, read_record, write_record
 
 __all__ = ["PairSpec", "generate_pairs", "PairDataset", "import_released_pairs", "read_manifest",
-           "verify_pairs", "released_bytes_per_pair", "pair_set_problems"]
+           "verify_pairs", "released_bytes_per_pair", "pair_set_problems", "VERIFIED"]
 
 FORMAT = "getlib-pairs/1"
 MANIFEST = "manifest.json"
@@ -126,10 +126,13 @@ def _code() -> str:
     return code_fingerprint("getlib.pairs")
 
 
-def pair_set_problems(root: str | Path, spec: PairSpec, teacher_id: dict, sampler: SamplerConfig) -> list[str]:
+def pair_set_problems(root: str | Path, spec: PairSpec, teacher_id: dict, sampler: SamplerConfig,
+                      verify: bool = True) -> list[str]:
     """Why the folder `root` cannot be finished or reused as the pair set `spec` made by this teacher,
-    sampler and code; [] when it can (or when there is nothing there). A finished set must pass
-    `verify_pairs`; an unfinished one's shards must each be complete, finite and hold their seeds."""
+    sampler and code; [] when it can (or when there is nothing there). With `verify`, a finished set
+    must pass `verify_pairs` (which caches its result in the folder) and an unfinished one's shards
+    must each be complete, finite and hold their seeds; without, only the manifest and the record
+    are read."""
     root = Path(root)
     if not root.exists():
         return []
@@ -147,7 +150,7 @@ def pair_set_problems(root: str | Path, spec: PairSpec, teacher_id: dict, sample
         problems.append(f"{root} has no provenance record: the code that made it is unknown")
     elif record.get("code") != _code():
         problems.append(f"{root} was made by other code (getlib.pairs and what it imports changed since)")
-    if problems:
+    if problems or not verify:
         return problems
     try:
         if manifest["complete"]:

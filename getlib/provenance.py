@@ -22,6 +22,9 @@ __all__ = ["import_closure", "imported_modules", "module_file", "code_fingerprin
 
 PACKAGE = Path(__file__).resolve().parent
 RECORD = ".provenance.json"
+# Modules a fingerprint leaves out: the package's __init__ (its version string) and the settings
+# dataclasses, whose values every record keeps (a pair set's manifest, a run's settings) and compares.
+NOT_CODE = {"getlib", "getlib.settings"}
 
 
 def module_file(module: str) -> Path:
@@ -69,10 +72,12 @@ def import_closure(*modules: str) -> list[str]:
 
 
 def code_fingerprint(*modules: str) -> str:
-    """sha256 over the names and code of the import closure of `modules`: the syntax tree without
-    docstrings, so that an edit of a comment, a docstring or the layout leaves it unchanged."""
+    """sha256 over the names and code of the import closure of `modules` (but NOT_CODE): the syntax
+    tree without docstrings, so that an edit of a comment, a docstring or the layout leaves it unchanged."""
     h = hashlib.sha256()
     for m in import_closure(*modules):
+        if m in NOT_CODE:
+            continue
         tree = ast.parse(module_file(m).read_text())
         for node in ast.walk(tree):
             body = getattr(node, "body", None)

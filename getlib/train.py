@@ -41,7 +41,7 @@ from getlib.io import atomic_torch_save, atomic_write_csv, atomic_write_json, fi
 from getlib.models import GET, ViT_models, build_model, count_params, mix_seed, z0_for_keys
 from getlib.pairs import MANIFEST, PairDataset
 from getlib.provenance import RECORD, code_fingerprint, read_record, write_record
-from getlib.settings import TrainConfig
+from getlib.settings import GET_CONFIGS, VIT_CONFIGS, DEQConfig, TrainConfig
 
 __all__ = ["TrainConfig", "train", "TrainingDiverged", "learning_rate", "resumable_changes",
            "resume_problems", "reuse_problems", "main"]
@@ -228,15 +228,24 @@ def reuse_problems(cfg: TrainConfig, source: str | Path, world: int = 1) -> list
         return problems
     saved = _load_checkpoint(_checkpoint_path(source))["config"]
     now = _settings(cfg)
-    return [f"setting {k}: {source} has {saved.get(k)!r}, now {now[k]!r}" for k in sorted(resumable_changes(cfg))
-            if k in now and k not in _OUTPUT_NEUTRAL and _jsonable(saved.get(k)) != _jsonable(now[k])]
+    problems = [f"setting {k}: {source} has {saved.get(k)!r}, now {now[k]!r}" for k in sorted(resumable_changes(cfg))
+                if k in now and k not in _OUTPUT_NEUTRAL and _jsonable(saved.get(k)) != _jsonable(now[k])]
+    ran_on, here = torch.device(run_summary(source)["device"]).type, _device(cfg, 0).type
+    if ran_on != here:   # bf16 autocast on CUDA, float32 on the CPU: not the same numbers
+        problems.append(f"{source} ran on {ran_on}, this run would run on {here}")
+    return problems
 
 
 def _settings(cfg: TrainConfig) -> dict:
     """The run's settings as its files record them: without the pair set's and the run's paths (the
     pair set is identified by its manifest's sha256 in the run record), so that the files do not
     depend on where the project lies."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("pairs", "out")}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("pairs", "out")}
+    # the resolved architecture and DEQ recipe too: a run's code fingerprint leaves settings.py out
+    # (it holds declarations whose values each record keeps), so a changed default still shows here
+    get = cfg.model in GET_CONFIGS
+    return {**settings, "architecture": {**GET_CONFIGS, **VIT_CONFIGS}.get(cfg.model),
+            "deq_resolved": dataclasses.asdict(DEQConfig.from_dict(cfg.deq)) if get else None}
 
 
 def run_summary(out: str | Path) -> dict:
@@ -518,7 +527,7 @@ def _sample_report(ema: nn.Module, cfg: TrainConfig, pairs: PairDataset, device:
                    step: int) -> None:
     """EMA samples for fixed seeds -> samples/step-XXXXXXX.png; GET's residuals -> samples.csv."""
     from getlib.edm import latents_for_seeds
-    from getlib.figures import save_grid
+    from getlib.images import save_grid
 
     n = cfg.num_samples
     latents, labels = latents_for_seeds(range(n), pairs.image_shape, pairs.num_classes if cfg.cond else None)

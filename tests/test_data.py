@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from getlib.data import cifar10, digits, to_uint8
+from getlib.data import cifar10, digits
+from getlib.images import to_uint8
 
 
 def test_digits_are_real_and_in_model_space():
@@ -31,3 +32,16 @@ def test_cifar10_reads_its_on_disk_layout(tmp_path):
     assert cifar10(tmp_path, train=False, check_md5=False)[0].shape == (4, 3, 32, 32)
     with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
         cifar10(tmp_path / "elsewhere")
+
+
+def test_the_digits_data_set_file_is_byte_stable(tmp_path):
+    """The data stage's file, pinned: every later stage's cache depends on these bytes, so a change
+    in how it is written (member order, dtypes, compression) must be deliberate."""
+    import hashlib
+
+    from getlib.data import Dataset, real_images, save_dataset
+    save_dataset(real_images("digits", held_out=450, split_seed=0), tmp_path / "dataset.npz")
+    digest = hashlib.sha256((tmp_path / "dataset.npz").read_bytes()).hexdigest()
+    assert digest == "5e5f175ad7dcdac3848f8d82d75f708beb3c7ec97dc36916b8c5f09217af0092"
+    ds = Dataset(tmp_path / "dataset.npz")
+    assert (len(ds.train_raw), len(ds.held_raw), ds.levels, ds.shape, ds.num_classes) == (1347, 450, 16, (1, 8, 8), 10)

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 import getlib.evaluate as ev
 import getlib.metrics as metrics
 from standins import stand_in_inception
-from getlib.data import digits, split_indices, to_uint8
+from getlib.data import digits, split_indices
 from getlib.edm import sample_teacher
 from getlib.features import train_feature_net
+from getlib.images import to_uint8
 from getlib.io import write_results
 from getlib.models import GET_models, ViT_models
 

@@ -26,3 +26,10 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(path, fail)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_an_empty_table_is_written_with_no_rows(tmp_path):
+    from getlib.io import read_csv, read_json, write_results
+    write_results([], tmp_path, "empty", "Nothing to compare")   # e.g. GET against ViT without a ViT
+    assert read_json(tmp_path / "empty.json") == [] and read_csv(tmp_path / "empty.csv") == []
+    assert (tmp_path / "empty.md").read_text().startswith("# Nothing to compare")

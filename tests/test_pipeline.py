@@ -132,8 +132,10 @@ def test_an_output_neutral_edit_of_the_teachers_code_reruns_the_teacher_alone(sm
         assert ran(run("dvc repro", repo)) == set()
     finally:
         module.write_text(code)
-    (repo / "getlib" / "stages" / "figures.py").write_text((repo / "getlib" / "stages" / "figures.py").read_text() + "\n")
-    assert ran(run("dvc repro", repo)) == {"teacher@uncond", "teacher@cond", "figures"}
+    assert ran(run("dvc repro", repo)) == {"teacher@uncond", "teacher@cond"}
+    stage = repo / "getlib" / "stages" / "figures.py"
+    stage.write_text(stage.read_text() + "\n")
+    assert ran(run("dvc repro", repo)) == {"figures"}
 
 
 def test_an_ablation_reruns_only_the_stages_downstream_of_it(smoke):

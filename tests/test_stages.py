@@ -46,7 +46,10 @@ def test_a_profile_reuses_another_profiles_identical_pair_set(tmp_path, capsys):
     prepare_data(a)
     make_teacher(a, "uncond")
     make_pairs(a, "uncond")
-    made = {f.name: f.read_bytes() for f in (a.work("pairs", "uncond") / "shards").iterdir()}
+    source = a.work("pairs", "uncond")
+    tree = lambda: {str(f.relative_to(source)): (f.read_bytes(), f.stat().st_mtime_ns)   # noqa: E731
+                    for f in sorted(source.rglob("*")) if f.is_file()}
+    made = tree()
     for profile, num_pairs, reused in (("same", 40, True), ("more", 60, False)):
         b = smoke_params(tmp_path, {"profile": profile, "reuse": "smoke"}, num_pairs=num_pairs, shard_size=20)
         prepare_data(b)
@@ -56,8 +59,7 @@ def test_a_profile_reuses_another_profiles_identical_pair_set(tmp_path, capsys):
         out = capsys.readouterr().out
         assert ("copied the identical pair set" in out) == reused and ("not reusing" in out) != reused, out
         assert read_manifest(b.work("pairs", "uncond"))["num_pairs"] == num_pairs
-    shards = a.work("pairs", "uncond") / "shards"
-    assert {f.name: f.read_bytes() for f in shards.iterdir()} == made   # the source is untouched
+    assert tree() == made   # the source is untouched: every file, hidden ones too, and their times
 
 
 # ------------------------------------------------------------------------------------------------

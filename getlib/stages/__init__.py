@@ -8,18 +8,6 @@ and returns a summary for the notebook to show. Every file is written atomically
 distillation stages resume an interrupted run.
 
 A stage module imports only what its stage runs: dvc.yaml lists, per stage, the getlib modules its
-notebook can execute (their import closure), and tests/test_project.py checks those lists against
+notebook can execute (their import closure), and tests/test_artifacts.py checks those lists against
 the code, so an edit re-runs exactly the stages that can see it.
 """
-from __future__ import annotations
-
-import subprocess
-import sys
-
-
-def torchrun(nproc: int, module: str, args: list[str]) -> None:
-    """Run `python -m module args` on `nproc` local processes (torch.distributed.run, standalone)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", module, *args]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)

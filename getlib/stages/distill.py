@@ -5,7 +5,7 @@ from pathlib import Path
 
 from getlib.config import Params
 from getlib.io import atomic_copytree, atomic_write_csv, atomic_write_json, remove_owned
-from getlib.stages import torchrun
+from getlib.stages.launch import torchrun
 from getlib.train import cli_args, resume_problems, reuse_problems, run_summary, train, training_log
 
 

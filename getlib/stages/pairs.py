@@ -6,8 +6,8 @@ import time
 from getlib.checkpoints import load_teacher_of
 from getlib.config import Params, device_of
 from getlib.io import atomic_copytree, atomic_write_json, remove_owned
-from getlib.pairs import PairSpec, generate_pairs, pair_set_problems, read_manifest
-from getlib.stages import torchrun
+from getlib.pairs import MANIFEST, VERIFIED, PairSpec, generate_pairs, pair_set_problems, read_manifest
+from getlib.stages.launch import torchrun
 from getlib.stages.data import load_data
 
 
@@ -34,15 +34,17 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
         print(f"{root}: generating anew: {'; '.join(problems)}", flush=True)
         remove_owned(root, p.work("pairs"))
     source = p.reused("pairs", condition)
-    if source is not None and source.is_dir() and not (root.exists() and any(root.iterdir())):
-        remove_owned(root, p.work("pairs"))
-        atomic_copytree(source, root)   # checked here, in the stage's own folder (the check writes a cache)
-        why_not = pair_set_problems(root, spec, ident, p.sampler)
-        if why_not:
-            print(f"{root}: not reusing {source}: {'; '.join(why_not)}", flush=True)
+    if source is not None and not (root.exists() and any(root.iterdir())):
+        why_not = pair_set_problems(source, spec, ident, p.sampler, verify=False) or (
+            [] if (source / MANIFEST).is_file() else [f"{source} holds no pair set"])   # read-only
+        if not why_not:   # copied without the checksum cache, then checked in the stage's own folder
             remove_owned(root, p.work("pairs"))
-        else:
-            print(f"{root}: copied the identical pair set {source}", flush=True)
+            atomic_copytree(source, root, skip=(VERIFIED,))
+            why_not = pair_set_problems(root, spec, ident, p.sampler)
+            if why_not:
+                remove_owned(root, p.work("pairs"))
+        print(f"{root}: " + (f"not reusing {source}: {'; '.join(why_not)}" if why_not
+                             else f"copied the identical pair set {source}"), flush=True)
     start = time.perf_counter()
     if p.pairs.nproc > 1:
         args = ["--teacher", str(p.teacher_file(condition)), "--out", str(root), "--num-pairs", str(spec.num_pairs),

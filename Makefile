@@ -27,8 +27,9 @@ profile:
 	@test -f profiles/$(PROFILE).yaml || { echo "no profile '$(PROFILE)': choose one of $$(ls profiles | sed 's/.yaml//' | tr '\n' ' ')"; exit 1; }
 	cp profiles/$(PROFILE).yaml params.yaml
 
+# JupyterLab refuses to run as root unless told: containers and CI run as root, so say it there.
 lab: setup
-	jupyter lab notebooks/
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

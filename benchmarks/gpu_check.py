@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from getlib.deq import LOSSES, fp_correction  # noqa: E402
 from getlib.evaluate import training_cost  # noqa: E402
-from getlib.io import atomic_write, atomic_write_json  # noqa: E402
+from getlib.io import atomic_write, atomic_write_json, read_csv  # noqa: E402
 from getlib.models import GET, build_model, count_params  # noqa: E402
 
 PARTS = ("correctness", "e2e", "throughput", "ddp")
@@ -76,7 +76,8 @@ def untrained(name: str, shape: dict, device: torch.device, **kwargs):
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,9 +244,10 @@ def ddp(device: torch.device, dry: bool) -> list[dict]:
         start = time.perf_counter()
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         seconds = time.perf_counter() - start
-        summary = Path(tmp) / "run" / "run.json"
-        ok = out.returncode == 0 and summary.is_file()
-        loss = json.loads(summary.read_text()).get("final_loss") if ok else None
+        run = Path(tmp) / "run"
+        ok = out.returncode == 0 and (run / "run.json").is_file()
+        loss = float(read_csv(run / "metrics.csv")[-1]["loss"]) if ok else None
+        ok = ok and json.loads((run / "run.json").read_text())["steps"] == 4 and math.isfinite(loss)
         if not ok:
             print(out.stdout[-3000:], out.stderr[-3000:], sep="\n", file=sys.stderr)
     return [{"backend": "nccl" if device.type == "cuda" else "gloo", "processes": nproc, "model": s["models"][0],

@@ -438,12 +438,18 @@ def test_a_torn_header_starts_the_log_again(pair_set, tmp_path):
 # stages: stale folders are replaced inside the stage's own folder, with the reason
 # ------------------------------------------------------------------------------------------------
 
-def test_the_distill_stage_replaces_a_stale_run_and_keeps_a_good_one(project, capsys):
-    root, beside = project
+def one_vit_profile() -> dict:
+    """The smoke profile cut to one ViT student trained 4 steps (checkpoints at 2 and 4)."""
     raw = json.loads(json.dumps(SMOKE))
     raw["students"] = {"vit-p": {"model": "ViT-P/2", "condition": "uncond"}}
     raw["conditions"] = ["uncond"]
     raw["distill"].update(max_steps=4, ckpt_every=2, snapshot_every=None)
+    return raw
+
+
+def test_the_distill_stage_replaces_a_stale_run_and_keeps_a_good_one(project, capsys):
+    root, beside = project
+    raw = one_vit_profile()
     p = load_params(write_params(root, raw))
     generate_pairs(toy_teacher(), p.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
     first = distill(p, "vit-p")
@@ -466,10 +472,7 @@ def test_a_profile_reuses_another_profiles_identical_run_and_only_that(project, 
     make (same pairs, code and file-shaping settings); otherwise this profile trains its own. The
     other profile's folder is only read."""
     root, _ = project
-    raw = json.loads(json.dumps(SMOKE))
-    raw["students"] = {"vit-p": {"model": "ViT-P/2", "condition": "uncond"}}
-    raw["conditions"] = ["uncond"]
-    raw["distill"].update(max_steps=4, ckpt_every=2, snapshot_every=None)
+    raw = one_vit_profile()
     a = load_params(write_params(root, raw))
     generate_pairs(toy_teacher(), a.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
     distill(a, "vit-p")
@@ -486,6 +489,13 @@ def test_a_profile_reuses_another_profiles_identical_run_and_only_that(project, 
         assert ("copying the identical finished run" in out) == reused, (profile, out)
         assert (snapshot(b.work("students", "vit-p")) == made) == (profile == "same"), profile
         assert snapshot(a.work("students", "vit-p")) == made            # the source is untouched
+    summary = a.work("students", "vit-p", "run.json")                  # a run made on another device type
+    summary.write_text(summary.read_text().replace('"device": "cpu"', '"device": "cuda:0"'))
+    b = load_params(write_params(root, {**json.loads(json.dumps(raw)), "profile": "other-device", "reuse": "smoke"}))
+    generate_pairs(toy_teacher(), b.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
+    capsys.readouterr()
+    distill(b, "vit-p")
+    assert "ran on cuda, this run would run on cpu" in capsys.readouterr().out
     with pytest.raises(ParamsError, match="reuse names this profile"):
         load_params(write_params(root, {**raw, "reuse": "smoke"}))
     with pytest.raises(ParamsError, match=r"reuse: '\.\./x' is not a valid name"):

@@ -291,18 +291,30 @@ class GET(_PatchTransformer):
             x = block(x, c)
         return self.qkv_inj(x).chunk(self.deq_depth, dim=-1)
 
-    def equilibrium_map(self, u: tuple[Tensor, ...], c: Tensor | None,
-                        memory_efficient: bool = False) -> Callable[[Tensor], Tensor]:
+    def equilibrium_map(self, u: tuple[Tensor, ...], c: Tensor | None, memory_efficient: bool = False,
+                        state_norm: bool = False) -> Callable[[Tensor], Tensor]:
         """f(z) = block_L(...block_1(z, u_1)..., u_L); with memory_efficient, each block call is
-        checkpointed (recomputed in backward), which leaves the gradients unchanged."""
+        checkpointed (recomputed in backward), which leaves the gradients unchanged. With state_norm
+        (beyond the paper) f returns the per-token LayerNorm of that, without affine parameters."""
         def f(z: Tensor) -> Tensor:
             for block, u_l in zip(self.deq_blocks, u):
                 if memory_efficient and torch.is_grad_enabled():
                     z = checkpoint(block, z, c, u_l, use_reentrant=False)
                 else:
                     z = block(z, c, u_l)
-            return z
+            return F.layer_norm(z, z.shape[-1:], eps=1e-6) if state_norm else z
         return f
+
+    @torch.no_grad()
+    def iterates(self, noise: Tensor, class_labels: Tensor | None, z0: Tensor, num_iter: int) -> list[Tensor]:
+        """The plain fixed-point iterates [z_0, z_1 = f(z_0), ..., z_num_iter] (B, T, D) of this model's
+        map, for diagnostics: iterate k is what `num_iter` = k iterations with return_final decode."""
+        x, c = self.embed(noise, class_labels)
+        f = self.equilibrium_map(self.inject(x, c), c, state_norm=self.deq_cfg.state_norm)
+        states = [z0.to(x)]
+        for _ in range(num_iter):
+            states.append(f(states[-1]))
+        return states
 
     def initial_states(self, seeds: list[int] | range) -> Tensor:
         """z0 of the samples with these seeds (`z0_for_keys`), (B, T, D) on the CPU."""
@@ -326,7 +338,7 @@ class GET(_PatchTransformer):
                 z0 = self.initial_state(x.shape[0], x, generator)
             elif z0.shape != x.shape:
                 raise ValueError(f"z0 must have the token shape {tuple(x.shape)}, got {tuple(z0.shape)}")
-            f = self.equilibrium_map(u, c, cfg.memory_efficient)
+            f = self.equilibrium_map(u, c, cfg.memory_efficient, cfg.state_norm)
             states, stats = solve_deq(f, z0.to(x), cfg, training=self.training)
             images = [self.decode(z) for z in states]
         out = images if self.training else images[-1]

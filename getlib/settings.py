@@ -12,12 +12,13 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["SamplerConfig", "DEQConfig", "TeacherConfig", "TrainConfig", "GET_CONFIGS", "VIT_CONFIGS",
-           "SOLVER_NAMES", "GRADIENT_NAMES", "LOSS_NAMES"]
+__all__ = ["SamplerConfig", "DEQConfig", "DEQ_RECIPES", "recipe_of", "TeacherConfig", "TrainConfig", "GET_CONFIGS",
+           "VIT_CONFIGS", "SOLVER_NAMES", "GRADIENT_NAMES", "LOSS_NAMES", "PRECISIONS"]
 
 SOLVER_NAMES = ("anderson", "fixed_point_iter")           # deq.SOLVERS
 GRADIENT_NAMES = ("implicit", "phantom", "unrolled")       # deq.GRADIENTS
 LOSS_NAMES = ("l1", "l2")                                  # deq.LOSSES, per supervised state
+PRECISIONS = ("auto", "fp32", "bf16")                      # train: auto = bf16 autocast on CUDA, fp32 on CPU
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,6 +113,10 @@ class DEQConfig:
     anderson_beta: float = 1.0
     # checkpoint every equilibrium block call: the unroll keeps only block inputs for backward
     memory_efficient: bool = False
+    # beyond the paper: f returns LayerNorm(state) (per token, no affine). f then maps into a compact
+    # set (each token on a sphere of radius sqrt(D)), so a fixed point exists (Brouwer); without it
+    # f(z) = z + g(LN(z)) adds a nearly constant step and the state's norm grows without bound.
+    state_norm: bool = False
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -139,16 +144,45 @@ class DEQConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DEQConfig":
-        """Build from a mapping, naming any unknown key and the allowed ones."""
+        """Build from a mapping, naming any unknown key and the allowed ones. A `recipe` key names a
+        preset of DEQ_RECIPES; the mapping's other keys override it."""
         d = dict(d or {})
+        recipe = d.pop("recipe", "paper")
+        if recipe not in DEQ_RECIPES:
+            raise ValueError(f"unknown DEQ recipe {recipe!r}; choose one of {sorted(DEQ_RECIPES)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown DEQ setting(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+            raise ValueError(f"unknown DEQ setting(s) {unknown}; allowed: {sorted(known | {'recipe'})}")
+        return cls(**{**DEQ_RECIPES[recipe], **d})
 
     def replace(self, **overrides: object) -> "DEQConfig":
         return DEQConfig.from_dict({**dataclasses.asdict(self), **overrides})
+
+
+# Named training-and-decoding recipes (`distill.deq: {recipe: <name>}`), as changes to the defaults.
+DEQ_RECIPES: dict[str, dict] = {
+    # the released recipe: 6 states unrolled from z0 with autograd, an L1 loss on each (weights
+    # gamma^(5-k)); sampling decodes the lowest-absolute-residual iterate of at most 6
+    "paper": {},
+    # the same 6 tracked states, the loss on the last one only (no fixed-point correction)
+    "bptt-last": {"sup_gap": 6},
+    # 5 iterations without autograd, then 1 tracked step (1/6 of the unroll's backward); every
+    # iteration runs and the last iterate is decoded, in training and sampling
+    "truncated": {"f_max_iter": 5, "grad_steps": 1, "return_final": True},
+}
+# what defines a recipe: how training unrolls and supervises, and which iterate sampling decodes
+_RECIPE_KEYS = ("f_max_iter", "grad", "grad_steps", "tau", "sup_gap", "return_final", "f_stop_mode",
+                "eval_f_solver", "eval_f_max_iter")
+
+
+def recipe_of(deq: DEQConfig) -> str:
+    """The name of the preset whose training and decoding settings `deq` has ('custom' if none),
+    with '+state-norm' for the convergent variant of the map."""
+    base = DEQConfig()
+    name = next((n for n, r in DEQ_RECIPES.items()
+                 if all(getattr(deq, k) == r.get(k, getattr(base, k)) for k in _RECIPE_KEYS)), "custom")
+    return name + ("+state-norm" if deq.state_norm else "")
 
 # ------------------------------------------------------------------------------------------------
 # The embedded teacher (teacher.train_teacher)
@@ -199,6 +233,8 @@ class TrainConfig:
     max_steps: int = 800_000
     time_budget_s: float | None = None    # also stop after this much wall-clock time (not reproducible)
     seed: int = 0
+    num_pairs: int | None = None          # train on the pair set's first num_pairs pairs (null: all of them)
+    shuffle_targets: bool = False         # a control: pair each noise with another pair's image (seeded)
     log_every: int = 100
     ckpt_every: int = 10_000
     sample_every: int = 10_000            # EMA sample grid and solver residuals
@@ -206,7 +242,7 @@ class TrainConfig:
     num_samples: int = 64
     num_workers: int = 0
     device: str = "auto"                  # 'auto' | 'cpu' | 'cuda'
-    amp: bool = True                      # bf16 autocast on CUDA (CPU runs in float32)
+    precision: str = "auto"               # 'auto': bf16 autocast on CUDA, float32 on CPU | 'fp32' | 'bf16' (any device)
     compile: bool = False                 # torch.compile the student (CUDA)
     explode_factor: float = 20.0          # stop when the loss exceeds this x its recent median
     progress: bool = True
@@ -241,6 +277,10 @@ class TrainConfig:
             raise ValueError(f"snapshot_every must be a positive integer or null, got {self.snapshot_every!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.num_pairs is not None and self.num_pairs < self.batch_size:
+            raise ValueError(f"num_pairs must be null or at least batch_size ({self.batch_size}), got {self.num_pairs!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         DEQConfig.from_dict(self.deq)  # names an unknown or bad DEQ setting now

@@ -41,7 +41,7 @@ from getlib.io import atomic_torch_save, atomic_write_csv, atomic_write_json, fi
 from getlib.models import GET, ViT_models, build_model, count_params, mix_seed, z0_for_keys
 from getlib.pairs import MANIFEST, PairDataset
 from getlib.provenance import RECORD, code_fingerprint, read_record, write_record
-from getlib.settings import GET_CONFIGS, VIT_CONFIGS, DEQConfig, TrainConfig
+from getlib.settings import GET_CONFIGS, VIT_CONFIGS, DEQConfig, TrainConfig, recipe_of
 
 __all__ = ["TrainConfig", "train", "TrainingDiverged", "learning_rate", "resumable_changes",
            "resume_problems", "reuse_problems", "main"]
@@ -87,8 +87,10 @@ class TrainingItems(Dataset):
     """(latents, images, labels, z0) for a batch of (local index, epoch) items; z0 has no columns
     for models without one. The DataLoader fetches a whole batch at once through `__getitems__`."""
 
-    def __init__(self, pairs: PairDataset, z0_shape: tuple[int, ...] | None, seed: int):
+    def __init__(self, pairs: PairDataset, z0_shape: tuple[int, ...] | None, seed: int,
+                 targets: list[int] | None = None):
         self.pairs, self.z0_shape, self.seed = pairs, z0_shape, seed
+        self.targets = targets   # shuffle_targets: local index -> the local index whose image it learns
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -99,6 +101,8 @@ class TrainingItems(Dataset):
     def __getitems__(self, items: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         indices = [i for i, _ in items]
         latents, images, labels = self.pairs.batch(indices)
+        if self.targets is not None:
+            images = self.pairs.batch([self.targets[i] for i in indices])[1]
         if self.z0_shape is None:
             return latents, images, labels, torch.empty(len(items), 0)
         keys = [(self.seed, g_index, epoch) for g_index, (_, epoch) in
@@ -288,6 +292,9 @@ def train(cfg: TrainConfig) -> dict:
     if not Path(cfg.pairs).exists():
         raise FileNotFoundError(f"pairs: no pair set at {cfg.pairs}: generate the pairs first")
     pairs = PairDataset(cfg.pairs, rank=rank, world_size=world)  # names a broken pair set
+    if cfg.num_pairs is not None and cfg.num_pairs // world > len(pairs):
+        raise ValueError(f"num_pairs {cfg.num_pairs}: {cfg.pairs} holds {len(pairs)} pairs per rank on {world} "
+                         f"rank(s), fewer than num_pairs // {world}")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = _build(cfg, pairs)
     device = _device(cfg, local_rank)
@@ -340,12 +347,16 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     local_batch = cfg.batch_size // world
     z0_shape = (model.grid ** 2, model.hidden_size) if isinstance(model, GET) else None
-    loader = DataLoader(TrainingItems(pairs, z0_shape, cfg.seed),
-                        batch_sampler=StepBatches(len(pairs), local_batch, cfg.seed, rank, step, cfg.max_steps),
+    n = len(pairs) if cfg.num_pairs is None else cfg.num_pairs // world   # this rank's first n pairs
+    targets = None
+    if cfg.shuffle_targets:
+        targets = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(cfg.seed, rank, 2))).tolist()
+    loader = DataLoader(TrainingItems(pairs, z0_shape, cfg.seed, targets),
+                        batch_sampler=StepBatches(n, local_batch, cfg.seed, rank, step, cfg.max_steps),
                         collate_fn=_batched, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.num_workers > 0)
     loss_fn = LOSSES[cfg.loss]
-    amp = cfg.amp and device.type == "cuda"
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     start = time.perf_counter()
     log_t, log_images = start, 0
     bar = _progress(cfg, rank, step)
@@ -358,7 +369,7 @@ def _train(cfg: TrainConfig, pairs: PairDataset, model: nn.Module, saved: dict |
         lr = learning_rate(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             preds = net(latent, label, **kw)
             loss, per_state = fp_correction(lambda p, t: loss_fn(p.float(), t), preds, image, cfg.gamma)
         opt.zero_grad(set_to_none=True)
@@ -482,7 +493,7 @@ def _recipe(model: nn.Module, cfg: TrainConfig) -> dict:
     if not isinstance(model, GET):
         return {"kind": "single output", "loss": cfg.loss}
     d = model.deq_cfg
-    return {"kind": "DEQ", "loss": cfg.loss, "gamma": cfg.gamma, "no_grad_iterations": d.f_max_iter,
+    return {"kind": "DEQ", "name": recipe_of(d), "loss": cfg.loss, "gamma": cfg.gamma, "no_grad_iterations": d.f_max_iter,
             "grad": d.grad, "grad_steps": d.grad_steps, "tau": d.tau, "sup_gap": d.sup_gap,
             "memory_efficient": d.memory_efficient}
 

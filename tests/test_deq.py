@@ -316,3 +316,20 @@ def test_default_config_is_the_paper_recipe():
 def test_bad_settings_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         DEQConfig.from_dict(bad)
+
+
+def test_named_recipes_are_presets_of_the_defaults():
+    from getlib.settings import DEQ_RECIPES, recipe_of
+    assert DEQConfig.from_dict({"recipe": "paper"}) == DEQConfig() and recipe_of(DEQConfig()) == "paper"
+    truncated = DEQConfig.from_dict({"recipe": "truncated"})
+    assert (truncated.f_max_iter, truncated.grad_steps, truncated.return_final) == (5, 1, True)
+    assert DEQConfig.from_dict({"recipe": "bptt-last"}).sup_gap == 6
+    for name in DEQ_RECIPES:
+        assert recipe_of(DEQConfig.from_dict({"recipe": name})) == name
+        assert recipe_of(DEQConfig.from_dict({"recipe": name, "state_norm": True})) == name + "+state-norm"
+    assert recipe_of(DEQConfig.from_dict({"recipe": "truncated", "f_max_iter": 4})) == "custom"
+    # evaluation-only and memory settings do not change which recipe it is
+    assert recipe_of(DEQConfig.from_dict({"recipe": "truncated", "memory_efficient": True, "eval_f_tol": 0.0})) \
+        == "truncated"
+    with pytest.raises(ValueError, match="unknown DEQ recipe 'papr'"):
+        DEQConfig.from_dict({"recipe": "papr"})

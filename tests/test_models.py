@@ -385,3 +385,29 @@ def test_sampling_and_training_draw_z0_by_the_rule():
 
     *_, z0 = TrainingItems(Pairs(), (16, 64), seed=5).__getitems__([(0, 2), (3, 1)])
     assert torch.equal(z0, z0_for_keys([(5, 100, 2), (5, 103, 1)], (16, 64)))
+
+
+def test_iterates_are_what_return_final_decodes():
+    """GET.iterates runs the same map as sampling: iterate k decoded equals k iterations with return_final."""
+    model = perturbed(GET_models["GET-P/2"](**DIGITS), std=0.02).eval()
+    noise, z0 = torch.randn(2, 1, 8, 8), torch.randn(2, 16, 64)
+    states = model.iterates(noise, None, z0, 4)
+    assert len(states) == 5 and torch.equal(states[0], z0)
+    for k in (1, 4):
+        image = model(noise, z0=z0, eval_f_max_iter=k, eval_f_tol=0.0, return_final=True)
+        assert torch.allclose(model.decode(states[k]), image, atol=1e-6)
+
+
+def test_state_norm_bounds_the_state():
+    """Without state_norm the state's norm grows by a nearly constant step; with it, every token of
+    f(z) has mean 0 and unit variance whatever z is (so the iterates stay on a compact set)."""
+    torch.manual_seed(0)
+    plain = perturbed(GET_models["GET-P/2"](**DIGITS), std=0.02).eval()
+    normed = GET_models["GET-P/2"](**DIGITS, deq={"state_norm": True}).eval()
+    normed.load_state_dict(plain.state_dict())
+    noise, z0 = torch.randn(2, 1, 8, 8), 100 * torch.randn(2, 16, 64)
+    grows = [z.norm().item() for z in plain.iterates(noise, None, torch.randn(2, 16, 64), 6)]
+    assert all(b > a for a, b in zip(grows[1:], grows[2:]))
+    for z in normed.iterates(noise, None, z0, 3)[1:]:
+        assert torch.allclose(z.mean(-1), torch.zeros(2, 16), atol=1e-5)
+        assert torch.allclose(z.var(-1, unbiased=False), torch.ones(2, 16), atol=1e-4)

@@ -66,7 +66,7 @@ def test_a_few_steps_reduce_the_loss(pair_sets, tmp_path, model, cond):
 
 def test_the_paper_recipe_supervises_six_states(pair_sets, tmp_path):
     summary = train(cfg(pair_sets["uncond"], tmp_path, max_steps=2))
-    assert summary["recipe"] == {"kind": "DEQ", "loss": "l1", "gamma": 0.8, "no_grad_iterations": 0,
+    assert summary["recipe"] == {"kind": "DEQ", "name": "paper", "loss": "l1", "gamma": 0.8, "no_grad_iterations": 0,
                                  "grad": "phantom", "grad_steps": 6, "tau": 1.0, "sup_gap": 1,
                                  "memory_efficient": False}
     with open(tmp_path / "metrics.csv") as f:
@@ -226,3 +226,49 @@ def test_grad_norm_is_logged_on_every_row_with_or_without_clipping(pair_sets, tm
     plain, clipped = norms(tmp_path / "plain"), norms(tmp_path / "clipped")
     assert len(plain) == 3 and all(math.isfinite(n) and n > 0 for n in plain)
     assert plain == pytest.approx(clipped, rel=1e-5)
+
+
+def test_num_pairs_trains_on_the_first_pairs_exactly(pair_sets, tmp_path):
+    """num_pairs = 32 of a 64-pair set is the same run as on a set holding only those 32 pairs."""
+    x, _ = digits()
+
+    def digit_teacher(xt, sigma, labels):   # the fixture's teacher: pairs are a function of their seed
+        idx = (xt.flatten(1)[:, :4].abs().sum(1) * 1000).long() % len(x)
+        return x[idx].to(xt.dtype) if float(sigma) < 1 else xt * 0
+    small = tmp_path / "pairs-32"
+    generate_pairs(digit_teacher, small, PairSpec(num_pairs=32, image_shape=(1, 8, 8), shard_size=16, batch_size=16),
+                   {"kind": "test"}, _sampler())
+    train(cfg(pair_sets["uncond"], tmp_path / "subset", num_pairs=32, max_steps=6))
+    train(cfg(small, tmp_path / "whole", max_steps=6))
+    assert losses(tmp_path / "subset") == losses(tmp_path / "whole")
+    train(cfg(pair_sets["uncond"], tmp_path / "all", max_steps=6))
+    assert losses(tmp_path / "all") != losses(tmp_path / "whole")
+    with pytest.raises(ValueError, match="num_pairs 128"):
+        train(cfg(pair_sets["uncond"], tmp_path / "too-many", num_pairs=128))
+
+
+def test_shuffled_targets_pair_each_noise_with_another_image(pair_sets):
+    from getlib.pairs import PairDataset
+    from getlib.train import TrainingItems
+    pairs = PairDataset(pair_sets["uncond"])
+    targets = list(range(1, 64)) + [0]
+    latents, images, _, _ = TrainingItems(pairs, None, 0, targets).__getitems__([(0, 0), (5, 0)])
+    plain = TrainingItems(pairs, None, 0).__getitems__([(0, 0), (5, 0), (1, 0), (6, 0)])
+    assert torch.equal(latents, plain[0][:2]) and torch.equal(images, plain[1][2:])
+
+
+def test_bf16_precision_autocasts_on_the_cpu_too(pair_sets, tmp_path):
+    """The training loop's autocast path (bf16 on CUDA by default) run on the CPU: close to float32."""
+    train(cfg(pair_sets["uncond"], tmp_path / "fp32", max_steps=3, precision="fp32"))
+    train(cfg(pair_sets["uncond"], tmp_path / "bf16", max_steps=3, precision="bf16"))
+    fp32, bf16 = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert fp32 != bf16 and all(abs(a - b) < 2e-2 * a for a, b in zip(fp32, bf16))
+
+
+@pytest.mark.parametrize("recipe, states", [("paper", 6), ("bptt-last", 1), ("truncated", 1)])
+def test_named_recipes_supervise_their_states(pair_sets, tmp_path, recipe, states):
+    summary = train(cfg(pair_sets["uncond"], tmp_path, max_steps=2, deq={"recipe": recipe}))
+    with open(tmp_path / "metrics.csv") as f:
+        row = next(csv.DictReader(f))
+    assert summary["recipe"]["name"] == recipe
+    assert sum(1 for k in row if k.startswith("loss_state")) == states

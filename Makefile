@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)   # dvc runs papermill from the venv
 
-.PHONY: setup test repro profile lab clean
+.PHONY: setup test repro profile interim lab clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ repro: setup $(if $(PROFILE),profile)
 profile:
 	@test -f profiles/$(PROFILE).yaml || { echo "no profile '$(PROFILE)': choose one of $$(ls profiles | sed 's/.yaml//' | tr '\n' ' ')"; exit 1; }
 	cp profiles/$(PROFILE).yaml params.yaml
+
+# A long study's finished runs, evaluated and tabulated while the rest still train (make interim PROFILE=claims)
+interim: setup
+	$(BIN)/python -m getlib.stages.interim $(if $(PROFILE),profiles/$(PROFILE).yaml,params.yaml)
 
 # JupyterLab refuses to run as root unless told: containers and CI run as root, so say it there.
 lab: setup

@@ -290,8 +290,9 @@ def project_root(start: str | Path = ".") -> Path:
     raise FileNotFoundError(f"no dvc.yaml in {here} or above: run from inside the project")
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; every error names its key."""
+def load_params(path: str | Path = "params.yaml", root: str | Path | None = None) -> Params:
+    """Read and validate params.yaml; every error names its key. Paths in it are relative to `root`
+    (default: the file's folder; give the project root for a file in profiles/)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no params file at {path}")
@@ -332,7 +333,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         evaluate=_section(EvaluateParams, raw.get("evaluate"), "evaluate"),
         figures=_section(FiguresParams, raw.get("figures"), "figures"),
         reuse=_reuse(raw.get("reuse"), profile),
-        root=path.resolve().parent,
+        root=Path(root).resolve() if root is not None else path.resolve().parent,
     )
     for key, s in params.students.items():
         if not isinstance(s.train, dict):

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from getlib.edm import Denoiser, SamplerConfig, latents_for_seeds, sample_teacher
@@ -20,7 +21,16 @@ from getlib.images import to_uint8
 from getlib.metrics import FeatureSpace, score_images
 from getlib.models import GET
 
-__all__ = ["sample_student", "iteration_sweep", "compare", "flops_per_sample", "training_cost", "throughput"]
+__all__ = ["sample_student", "iteration_sweep", "DECODING_RULES", "decoding_rule", "decoding_rules",
+           "fixed_point_diagnostics", "deq_analysis", "scores_over_seeds", "compare", "flops_per_sample", "training_cost",
+           "throughput"]
+
+# Which iterate of a GET's sampling solve is decoded (DEQConfig overrides). 'abs' is the paper's rule.
+DECODING_RULES: dict[str, dict] = {
+    "abs": {"f_stop_mode": "abs", "return_final": False},    # the lowest absolute residual ||f(z) - z||
+    "rel": {"f_stop_mode": "rel", "return_final": False},    # the lowest relative residual ||f(z) - z|| / ||f(z)||
+    "last": {"return_final": True},                          # the last iterate
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,6 +83,84 @@ def iteration_sweep(model: GET, reference: np.ndarray, space: FeatureSpace, work
     return rows
 
 
+def decoding_rule(model: GET) -> str:
+    """The name of the decoding rule a GET samples with (its recipe's)."""
+    return "last" if model.deq_cfg.return_final else model.deq_cfg.f_stop_mode
+
+
+def scores_over_seeds(make: Callable[[int], Tensor], reference: np.ndarray, space: FeatureSpace,
+                      workdir: str | Path, n: int, seeds: tuple[int, ...], seed_start: int) -> dict:
+    """FID/KID (and IS where the space has it) of `make(offset)`'s n images for each seed range
+    (offset seed_start + k n): the mean and the standard deviation over the ranges."""
+    scores = [score_images(make(seed_start + seed * n), reference, space, Path(workdir) / f"seed{seed}",
+                           inception_score_too=True) for seed in seeds]
+    fids, kids = [s["fid"] for s in scores], [s["kid"] for s in scores]
+    row = {"fid": float(np.mean(fids)), "fid_std": float(np.std(fids)), "kid": float(np.mean(kids)), "n": n,
+           "n_reference": len(reference), "seeds": len(seeds)}
+    if "is" in scores[0]:
+        row["is"] = float(np.mean([s["is"] for s in scores]))
+    return row
+
+
+def decoding_rules(model: GET, reference: np.ndarray, space: FeatureSpace, workdir: str | Path, n: int,
+                   seeds: tuple[int, ...], seed_start: int, batch_size: int = 500,
+                   device: torch.device | str = "cpu") -> list[dict]:
+    """The same samples (seeds, z0, iterations) decoded under each rule of DECODING_RULES, scored
+    over the seed ranges; `own` marks the rule the model's recipe samples with."""
+    rows = []
+    for rule, overrides in DECODING_RULES.items():
+        make = lambda off: sample_student(model, n, off, batch_size, device, **overrides)[0]  # noqa: E731
+        rows.append({"rule": rule, "own": rule == decoding_rule(model), "iterations": model.deq_cfg.eval_f_max_iter,
+                     **scores_over_seeds(make, reference, space, Path(workdir) / rule, n, seeds, seed_start)})
+    return rows
+
+
+@torch.no_grad()
+def fixed_point_diagnostics(model: GET, reference: np.ndarray, space: FeatureSpace, workdir: str | Path, n: int,
+                            num_iter: int = 12, seed_offset: int = 0, batch_size: int = 500,
+                            device: torch.device | str = "cpu") -> list[dict]:
+    """Does the learned map converge? For the plain iterates z_k = f^k(z0) of n samples, per
+    k = 1..num_iter: the state's norm ||z_k||, the absolute residual ||f(z_k) - z_k||, the relative one
+    (divided by ||f(z_k)||), cos(z_k, f(z_k)) (sample means), and the FID of decoding z_k itself."""
+    model = model.to(device).eval()
+    shape = (model.in_channels, model.input_size, model.input_size)
+    sums = torch.zeros(num_iter, 4, dtype=torch.float64)
+    images: list[list[Tensor]] = [[] for _ in range(num_iter)]
+    for lo in range(0, n, batch_size):
+        seeds = range(seed_offset + lo, seed_offset + min(n, lo + batch_size))
+        latents, labels = latents_for_seeds(seeds, shape, model.num_classes if model.cond else None)
+        states = model.iterates(latents.to(device), None if labels is None else labels.to(device),
+                                model.initial_states(seeds).to(device), num_iter + 1)
+        for k in range(1, num_iter + 1):
+            z, fz = states[k].flatten(1).float(), states[k + 1].flatten(1).float()
+            diff = (fz - z).norm(dim=1)
+            sums[k - 1] += torch.stack([z.norm(dim=1).sum(), diff.sum(), (diff / (fz.norm(dim=1) + 1e-9)).sum(),
+                                        F.cosine_similarity(z, fz, dim=1).sum()]).double().cpu()
+            images[k - 1].append(to_uint8(model.decode(states[k]).float().cpu()))
+    rows = []
+    for k in range(1, num_iter + 1):
+        norm, abs_res, rel_res, cos = (sums[k - 1] / n).tolist()
+        s = score_images(torch.cat(images[k - 1]), reference, space, Path(workdir) / f"iterate-{k}")
+        rows.append({"iteration": k, "state_norm": norm, "abs_residual": abs_res, "rel_residual": rel_res,
+                     "cos_next": cos, "fid": s["fid"], "n": s["n"], "features": s["features"]})
+    return rows
+
+
+def deq_analysis(model: GET, reference: np.ndarray, space: FeatureSpace, workdir: str | Path, n: int,
+                 seeds: tuple[int, ...], seed_start: int, iterations: tuple[int, ...], solvers: tuple[str, ...],
+                 batch_size: int = 500, device: torch.device | str = "cpu") -> dict[str, list[dict]]:
+    """What only a GET has, measured on the same evaluation seeds: FID against inference iterations
+    per solver (`iteration_sweep`), under each decoding rule (`decoding_rules`), and the fixed-point
+    diagnostics of its plain iterates up to the largest iteration count (`fixed_point_diagnostics`)."""
+    workdir = Path(workdir)
+    return {"iterations": iteration_sweep(model, reference, space, workdir / "sweep", n, iterations, solvers,
+                                          seed_start, batch_size, device),
+            "decoding": decoding_rules(model, reference, space, workdir / "rules", n, seeds, seed_start, batch_size,
+                                       device),
+            "fixed_point": fixed_point_diagnostics(model, reference, space, workdir / "iterates", n, max(iterations),
+                                                   seed_start, batch_size, device)}
+
+
 def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference: np.ndarray,
             held_out: Tensor | None, space: FeatureSpace, workdir: str | Path, n: int,
             seeds: tuple[int, ...] = (0, 1, 2), teacher_shape: tuple[int, int, int] | None = None,
@@ -92,14 +180,8 @@ def compare(students: dict[str, nn.Module], teacher: Denoiser | None, reference:
                      **({"is": floor["is"]} if "is" in floor else {})})
 
     def spread(name: str, nfe: int, make: Callable[[int], Tensor]) -> dict:
-        scores = [score_images(make(seed_start + seed * n), reference, space, workdir / f"{name.replace('/', '_')}-seed{seed}",
-                               inception_score_too=True) for seed in seeds]
-        fids, kids = [s["fid"] for s in scores], [s["kid"] for s in scores]
-        row = {"source": name, "nfe": nfe, "fid": float(np.mean(fids)), "fid_std": float(np.std(fids)),
-               "kid": float(np.mean(kids)), "n": n, "n_reference": len(reference), "seeds": len(seeds)}
-        if "is" in scores[0]:
-            row["is"] = float(np.mean([s["is"] for s in scores]))
-        return row
+        return {"source": name, "nfe": nfe, **scores_over_seeds(make, reference, space, workdir / name.replace("/", "_"),
+                                                                n, seeds, seed_start)}
 
     if teacher is not None:
         make = lambda off, count=n: sample_teacher(  # noqa: E731

@@ -10,7 +10,7 @@ from torch import Tensor
 from getlib.images import image_grid
 from getlib.io import atomic_write
 
-__all__ = ["sample_panels", "line_plot", "iterations_plot", "image_rows",
+__all__ = ["sample_panels", "line_plot", "iterations_plot", "fixed_point_plot", "image_rows",
            "scatter_plot", "bar_panels", "slerp", "one_step_rows", "get_vs_vit_rows", "benchmark_rows"]
 
 
@@ -86,6 +86,27 @@ def iterations_plot(rows: list[dict], path: str | Path, title: str = "") -> Path
     lines = ax.get_legend_handles_labels()
     more = res.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
+    return _save(fig, path)
+
+
+def fixed_point_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Per GET student against the iterate k: the state's norm, the absolute and relative residuals,
+    and the FID of decoding iterate k (the `fixed_point` evaluation table)."""
+    fig, axes = _figure(1, 4, figsize=(15, 3.4))
+    students = list(dict.fromkeys(r["student"] for r in rows))
+    for ax, (key, label, log) in zip(axes, (("state_norm", "state norm ||z_k||", False),
+                                            ("abs_residual", "absolute residual ||f(z_k) - z_k||", True),
+                                            ("rel_residual", "relative residual", True), ("fid", "FID of iterate k", False))):
+        for i, student in enumerate(students):
+            sel = sorted((r for r in rows if r["student"] == student), key=lambda r: r["iteration"])
+            ax.plot([r["iteration"] for r in sel], [r[key] for r in sel], marker="o", ms=3, color=f"C{i}", label=student)
+        ax.set(xlabel="iterate k", title=label)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
 
@@ -176,7 +197,8 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 def one_step_rows(comparison: list[dict], reported: list[dict] = ()) -> list[dict]:
     """One-step generation against the teacher: the measured rows, then any `reported` ones (the
     paper's numbers, as separate rows); no IS column when no row has one."""
-    rows = [{"source": r["source"], "kind": r["kind"], "condition": r["condition"], "nfe": r["nfe"],
+    rows = [{"source": r["source"], "kind": r["kind"], "recipe": r.get("recipe", "-"), "condition": r["condition"],
+             "nfe": r["nfe"],
              "fid": r["fid"], "fid_std": r["fid_std"], "kid": r["kid"], "is": r.get("is"), "params": r.get("params"),
              "gflops_per_sample": r.get("gflops_per_sample"), "images_per_s": r.get("images_per_s"),
              "result": "measured"} for r in comparison] + list(reported)
@@ -198,7 +220,8 @@ def get_vs_vit_rows(comparison: list[dict]) -> list[dict]:
             vit = min(vits, key=lambda v: abs(math.log(v["params"] / get["params"] / target)))
             if relation == "~5x size" and abs(math.log(vit["params"] / get["params"] / 5)) > math.log(2):
                 continue
-            rows.append({"get": get["source"], "get_params": get["params"], "get_fid": get["fid"],
+            rows.append({"get": get["source"], "recipe": get.get("recipe"), "get_params": get["params"],
+                         "get_fid": get["fid"],
                          "get_train_pflops": get["train_pflops"], "vit": vit["source"], "relation": relation,
                          "vit_params": vit["params"], "vit_fid": vit["fid"], "vit_train_pflops": vit["train_pflops"],
                          "params_ratio": vit["params"] / get["params"], "fid_ratio": get["fid"] / vit["fid"],

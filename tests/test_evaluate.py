@@ -233,3 +233,44 @@ def test_kid_is_the_same_for_the_same_images_and_leaves_numpys_state_alone():
     np.random.seed(123)
     first, second = metrics.fid_kid(a, b), metrics.fid_kid(a, b)
     assert first["kid"] == second["kid"] and np.random.random() == before
+
+
+def _filled_get(**deq):
+    torch.manual_seed(0)
+    model = GET_models["GET-P/2"](**DIGITS, deq=deq)
+    with torch.no_grad():
+        model.final_layer.linear.weight.normal_(0, 0.05)
+    return model
+
+
+def test_decoding_rules_score_the_same_samples_decoded_three_ways(space_and_reference):
+    space, reference, _, _, root = space_and_reference
+    model = _filled_get(recipe="truncated")
+    rows = ev.decoding_rules(model, reference, space, root / "rules", n=64, seeds=(0, 1), seed_start=5)
+    assert [(r["rule"], r["own"]) for r in rows] == [("abs", False), ("rel", False), ("last", True)]
+    assert all(r["seeds"] == 2 and np.isfinite(r["fid"]) and r["iterations"] == 6 for r in rows)
+    # 'last' is what the truncated recipe samples with: the same score as the model's own samples
+    own = ev.scores_over_seeds(lambda off: ev.sample_student(model, 64, off)[0], reference, space, root / "own", 64,
+                               (0, 1), 5)
+    assert own["fid"] == rows[2]["fid"]
+    assert ev.decoding_rule(_filled_get()) == "abs" and ev.decoding_rule(_filled_get(f_stop_mode="rel")) == "rel"
+
+
+def test_fixed_point_diagnostics_by_hand(space_and_reference):
+    space, reference, _, _, root = space_and_reference
+    model = _filled_get()
+    rows = ev.fixed_point_diagnostics(model, reference, space, root / "iterates", n=40, num_iter=3, seed_offset=7,
+                                      batch_size=16)
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    latents, _ = ev.latents_for_seeds(range(7, 47), (1, 8, 8))
+    z = model.iterates(latents, None, model.initial_states(range(7, 47)), 4)
+    for r, k in zip(rows, (1, 2, 3)):
+        diff = (z[k + 1] - z[k]).flatten(1).norm(dim=1)
+        assert r["abs_residual"] == pytest.approx(diff.mean().item(), rel=1e-5)
+        assert r["rel_residual"] == pytest.approx((diff / z[k + 1].flatten(1).norm(dim=1)).mean().item(), rel=1e-5)
+        assert r["state_norm"] == pytest.approx(z[k].flatten(1).norm(dim=1).mean().item(), rel=1e-5)
+        assert r["cos_next"] == pytest.approx(F.cosine_similarity(z[k].flatten(1), z[k + 1].flatten(1)).mean().item(),
+                                              rel=1e-5)
+    # iterate k's FID is that of k iterations decoded with return_final (the 'last' rule)
+    images, _ = ev.sample_student(model, 40, 7, eval_f_max_iter=2, eval_f_tol=0.0, return_final=True)
+    assert rows[1]["fid"] == pytest.approx(metrics.score_images(images, reference, space, root / "k2")["fid"], rel=1e-6)

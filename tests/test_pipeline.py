@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent
 
 FIGURES = ["samples-uncond.png", "samples-cond.png", "interpolation-uncond.png", "interpolation-cond.png",
            "training_loss.png", "fid_vs_steps.png", "fid_vs_training_flops.png", "fid_vs_params.png",
-           "fid_vs_iterations.png", "speed_and_memory.png"]
+           "fid_vs_iterations.png", "fixed_point.png", "speed_and_memory.png"]
 TABLES = {
     "one_step": ["source", "nfe", "fid", "fid_std", "kid", "params", "gflops_per_sample", "images_per_s"],
     "get_vs_vit": ["get", "vit", "relation", "get_params", "vit_params", "get_fid", "vit_fid", "get_train_pflops",
@@ -30,6 +30,7 @@ TABLES = {
     "benchmarks": ["student", "images_per_s", "teacher_images_per_s", "speedup_vs_teacher",
                    "train_activations_kib_per_image", "memory_efficient_kib_per_image", "bytes_per_pair",
                    "bytes_per_pair_released_format"],
+    "claims": ["claim", "paper", "compared", "ours", "difference", "verdict", "basis"],
 }
 
 
@@ -66,9 +67,12 @@ def test_smoke_repro_runs_every_stage_and_writes_every_result(smoke):
     repo, out = smoke
     assert ran(out) == {"data", "features", "teacher@uncond", "teacher@cond", "pairs@uncond", "pairs@cond",
                         "distill@get-p", "distill@vit-p", "distill@get-p-cond", "evaluate", "figures"}
-    executed = {p.name for p in (repo / "work/smoke/notebooks").glob("*.ipynb")}
+    executed = {p.name for p in (repo / "results/smoke/notebooks").glob("*.ipynb")}
     for nb in (repo / "notebooks").glob("*.ipynb"):   # every notebook ran under papermill
         assert any(e.startswith(nb.stem) for e in executed), nb.name
+    for name in executed:   # ... and shows at least one picture of its stage's objects
+        cells = json.loads((repo / "results/smoke/notebooks" / name).read_text())["cells"]
+        assert any("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", [])), name
     results = repo / "results" / "smoke"
     rows = json.loads((results / "evaluation" / "comparison.json").read_text())
     assert [r["source"] for r in rows] == ["real (held-out)", "teacher (uncond)", "get-p", "vit-p",
@@ -144,6 +148,18 @@ def test_an_ablation_reruns_only_the_stages_downstream_of_it(smoke):
     assert ran(out) == {"distill@get-p", "evaluate", "figures"}
     assert json.loads((repo / "results/smoke/train/get-p.json").read_text())["recipe"]["kind"] == "DEQ"
     assert yaml.safe_load((repo / "params.yaml").read_text())["students"]["get-p"]["train"]["lr"] == 0.001
+
+
+def test_interim_results_cover_the_finished_runs_only(smoke):
+    repo, _ = smoke
+    (repo / "work/smoke/students/vit-p/student.pt").unlink()   # as if vit-p were still training
+    out = run(f"{BIN / 'python'} -m getlib.stages.interim profiles/smoke.yaml", repo)
+    assert json.loads((repo / "results/smoke/interim.json").read_text()) == {
+        "finished": ["get-p", "get-p-cond"], "pending": ["vit-p"]}, out.stdout
+    rows = json.loads((repo / "results/smoke/evaluation/comparison.json").read_text())
+    assert [r["source"] for r in rows] == ["real (held-out)", "teacher (uncond)", "get-p", "teacher (cond)",
+                                           "get-p-cond"]
+    assert (repo / "results/smoke/tables/claims.md").exists()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from getlib.checkpoints import load_teacher_of
 from getlib.config import Params, device_of
 from getlib.edm import edm_sampler, latents_for_seeds, sample_teacher, seeds_by_class
 from getlib.evaluate import sample_student
-from getlib.figures import (bar_panels, benchmark_rows, get_vs_vit_rows, image_rows, iterations_plot, line_plot,
-                            one_step_rows, sample_panels, scatter_plot, slerp)
+from getlib.claims import VERDICT_RULE, claims_rows
+from getlib.figures import (bar_panels, benchmark_rows, fixed_point_plot, get_vs_vit_rows, image_rows, iterations_plot,
+                            line_plot, one_step_rows, sample_panels, scatter_plot, slerp)
 from getlib.io import read_csv, read_json, write_results
 from getlib.models import GET, load_student
 from getlib.pairs import read_manifest
@@ -49,7 +50,10 @@ def tables(p: Params, comparison: list[dict]) -> list[Path]:
                   "Same machine, same run. Training memory: activations autograd keeps for backward in one step "
                   "(per image), plain against the DEQ's memory-efficient (checkpointed) mode. Pair storage: "
                   "ours (latents regenerated from seeds) against the authors' released format.")
-    return [folder / f"{name}.md" for name in ("one_step", "get_vs_vit", "benchmarks")]
+    evaluation = {name: read_json(p.results("evaluation", f"{name}.json")) for name in ("training", "iterations", "fixed_point")}
+    write_results(claims_rows(comparison, evaluation["training"], evaluation["iterations"], evaluation["fixed_point"]),
+                  folder, "claims", "The paper's claims against this profile's runs", VERDICT_RULE + " " + note)
+    return [folder / f"{name}.md" for name in ("one_step", "get_vs_vit", "benchmarks", "claims")]
 
 
 def sample_figures(p: Params) -> list[Path]:
@@ -127,6 +131,10 @@ def curve_figures(p: Params, comparison: list[dict]) -> list[Path]:
     if sweep:
         written.append(iterations_plot(sweep, p.results("figures", "fid_vs_iterations.png"),
                                        "GET: FID and residual against inference iterations"))
+    diagnostics = read_json(p.results("evaluation", "fixed_point.json"))
+    if diagnostics:
+        written.append(fixed_point_plot(diagnostics, p.results("figures", "fixed_point.png"),
+                                        "GET's plain iterates z_k = f^k(z0): does the map converge?"))
     speed = {r["source"]: r["images_per_s"] for r in comparison if r.get("images_per_s")}
     memory = {}
     for r in read_json(p.results("tables", "benchmarks.json")):

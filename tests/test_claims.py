@@ -1,0 +1,67 @@
+"""The claims table: arms over training seeds, the verdict rule by hand, controls kept apart."""
+import math
+
+import pytest
+
+from getlib.claims import arm_stats, arms, claims_rows, verdict
+
+
+def run(source, model, fid, seed=0, recipe="truncated", lr=2e-3, num_pairs=None, shuffled=False, fid_std=1.0,
+        params=None, gflops=None):
+    kind = "GET" if model.startswith("GET") else "ViT"
+    return {"source": source, "kind": kind, "model": model, "recipe": recipe if kind == "GET" else "-", "lr": lr,
+            "train_seed": seed, "num_pairs": num_pairs, "shuffle_targets": shuffled, "train_steps": 800,
+            "fid": fid, "fid_std": fid_std, "seeds": 4, "nfe": 6 if kind == "GET" else 1,
+            "params": params or (100 if kind == "GET" else 105), "gflops_per_sample": gflops or (3.0 if kind == "GET" else 1.0),
+            "train_pflops": 8.0 if kind == "GET" else 4.0, "activations_kib_per_image": 40.0,
+            "activations_kib_per_image_memory_efficient": 10.0 if kind == "GET" else None}
+
+
+def test_arm_statistics_use_training_seeds_when_there_are_two_or_more():
+    one = arm_stats([{"fid": 10.0, "fid_std": 2.0, "seeds": 4}])
+    assert (one["fid"], one["se"], one["basis"]) == (10.0, 1.0, "sampling only")
+    three = arm_stats([{"fid": f} for f in (10.0, 12.0, 14.0)])
+    assert three["fid"] == 12.0 and three["se"] == pytest.approx(2 / math.sqrt(3)) and three["basis"] == "training seeds"
+
+
+@pytest.mark.parametrize("a, b, kind, word", [
+    (10.0, 15.0, "beats", "holds"),          # d = 5 > 2 se = 2 sqrt(2) = 2.83
+    (10.0, 12.0, "beats", "inconclusive"),
+    (15.0, 10.0, "beats", "fails"),
+    (11.0, 10.0, "matches", "holds"),        # within 2 se: matches
+    (15.0, 10.0, "matches", "fails"),
+])
+def test_the_verdict_rule_by_hand(a, b, kind, word):
+    arm = lambda f: {"fid": f, "se": 1.0, "n": 3, "basis": "training seeds"}  # noqa: E731
+    got, d, two_se = verdict(arm(a), arm(b), kind)
+    assert got == word and d == b - a and two_se == pytest.approx(2 * math.sqrt(2))
+    assert verdict({**arm(a), "n": 1}, arm(b), kind)[0] == word + " (provisional)"
+
+
+def test_claims_pick_the_best_arm_and_keep_controls_apart():
+    comparison = [run(f"get-{lr}-s{s}", "GET-P/2", fid + s, seed=s, lr=lr) for lr, fid in ((1e-3, 30.0), (2e-3, 20.0))
+                  for s in range(3)]
+    comparison += [run(f"vit-s{s}", "ViT-P/2", 30.0 + s, seed=s) for s in range(3)]
+    comparison += [run("get-shuffled", "GET-P/2", 5.0, shuffled=True), run("get-few", "GET-P/2", 40.0, num_pairs=100),
+                   run("get-paper", "GET-P/2", 25.0, recipe="paper"), run("get-last", "GET-P/2", 26.0, recipe="bptt-last")]
+    assert len(arms(comparison)) == 7
+    rows = {r["claim"]: r for r in claims_rows(comparison)}
+    first = rows["GET beats a ViT of matched parameters (one step), at equal steps"]
+    assert first["verdict"] == "holds" and "lr 0.002: 21.00" in first["ours"] and "3 training seeds" in first["ours"]
+    assert rows["More pairs help"]["verdict"] == "holds (provisional)"          # 21 against 40
+    control = rows["Randomly re-paired noise/images cannot be learned"]
+    assert control["verdict"] == "fails (provisional)"                         # the stand-in control scored 5
+    assert rows["GET matches a ~5x larger ViT"]["verdict"] == "not tested"
+    assert rows["Loss on all states (fixed-point correction) beats the last state only"]["verdict"].startswith("inconclusive")
+    assert rows["The memory-efficient mode gives the same gradients with less memory"]["verdict"] == "holds"
+
+
+def test_equal_training_flops_compares_the_curves_at_the_smaller_budget():
+    comparison = [run("get", "GET-P/2", 20.0), run("vit", "ViT-P/2", 25.0)]
+    # GET: 8 PFLOPs over 800 steps; ViT: 4 PFLOPs. At 4 PFLOPs GET is at step 400.
+    curve = [{"student": "get", "step": s, "fid": f} for s, f in ((200, 60.0), (400, 40.0), (800, 20.0))]
+    curve += [{"student": "vit", "step": s, "fid": f} for s, f in ((400, 30.0), (800, 25.0))]
+    rows = {r["claim"]: r for r in claims_rows(comparison, curve)}
+    flops = rows["GET beats a ViT of matched parameters, at equal training FLOPs"]
+    assert "GET-P/2, truncated, lr 0.002: 40.00" in flops["ours"] and "25.00" in flops["ours"]
+    assert flops["verdict"] == "fails (provisional)"

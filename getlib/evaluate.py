@@ -91,11 +91,11 @@ def decoding_rule(model: GET) -> str:
 def scores_over_seeds(make: Callable[[int], Tensor], reference: np.ndarray, space: FeatureSpace,
                       workdir: str | Path, n: int, seeds: tuple[int, ...], seed_start: int) -> dict:
     """FID/KID (and IS where the space has it) of `make(offset)`'s n images for each seed range
-    (offset seed_start + k n): the mean and the standard deviation over the ranges."""
+    (offset seed_start + k n): the mean and the sample standard deviation (n - 1) over the ranges."""
     scores = [score_images(make(seed_start + seed * n), reference, space, Path(workdir) / f"seed{seed}",
                            inception_score_too=True) for seed in seeds]
     fids, kids = [s["fid"] for s in scores], [s["kid"] for s in scores]
-    row = {"fid": float(np.mean(fids)), "fid_std": float(np.std(fids)), "kid": float(np.mean(kids)), "n": n,
+    row = {"fid": float(np.mean(fids)), "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else 0.0, "kid": float(np.mean(kids)), "n": n,
            "n_reference": len(reference), "seeds": len(seeds)}
     if "is" in scores[0]:
         row["is"] = float(np.mean([s["is"] for s in scores]))

@@ -114,8 +114,9 @@ class DEQConfig:
     # checkpoint every equilibrium block call: the unroll keeps only block inputs for backward
     memory_efficient: bool = False
     # beyond the paper: f returns LayerNorm(state) (per token, no affine). f then maps into a compact
-    # set (each token on a sphere of radius sqrt(D)), so a fixed point exists (Brouwer); without it
-    # f(z) = z + g(LN(z)) adds a nearly constant step and the state's norm grows without bound.
+    # set (each token on a sphere of radius sqrt(D)), so a fixed point exists (Brouwer); whether
+    # iteration reaches it is measured. The plain f is z + g(LN(z)) per block, and trained students
+    # add a nearly constant step: their state's norm grows with every iteration (README).
     state_norm: bool = False
 
     def __post_init__(self):

@@ -9,7 +9,8 @@ from getlib.claims import arm_stats, arms, claims_rows, verdict
 def run(source, model, fid, seed=0, recipe="truncated", lr=2e-3, num_pairs=None, shuffled=False, fid_std=1.0,
         params=None, gflops=None):
     kind = "GET" if model.startswith("GET") else "ViT"
-    return {"source": source, "kind": kind, "model": model, "recipe": recipe if kind == "GET" else "-", "lr": lr,
+    return {"source": source, "kind": kind, "condition": "uncond", "batch_size": 64, "model": model,
+            "recipe": recipe if kind == "GET" else "-", "lr": lr,
             "train_seed": seed, "num_pairs": num_pairs, "shuffle_targets": shuffled, "train_steps": 800,
             "fid": fid, "fid_std": fid_std, "seeds": 4, "nfe": 6 if kind == "GET" else 1,
             "params": params or (100 if kind == "GET" else 105), "gflops_per_sample": gflops or (3.0 if kind == "GET" else 1.0),
@@ -20,6 +21,7 @@ def run(source, model, fid, seed=0, recipe="truncated", lr=2e-3, num_pairs=None,
 def test_arm_statistics_use_training_seeds_when_there_are_two_or_more():
     one = arm_stats([{"fid": 10.0, "fid_std": 2.0, "seeds": 4}])
     assert (one["fid"], one["se"], one["basis"]) == (10.0, 1.0, "sampling only")
+    assert arm_stats([{"fid": 10.0, "fid_std": 2.0, "seeds": 4}], one_range=True)["se"] == 2.0   # one range: its spread
     three = arm_stats([{"fid": f} for f in (10.0, 12.0, 14.0)])
     assert three["fid"] == 12.0 and three["se"] == pytest.approx(2 / math.sqrt(3)) and three["basis"] == "training seeds"
 
@@ -28,13 +30,16 @@ def test_arm_statistics_use_training_seeds_when_there_are_two_or_more():
     (10.0, 15.0, "beats", "holds"),          # d = 5 > 2 se = 2 sqrt(2) = 2.83
     (10.0, 12.0, "beats", "inconclusive"),
     (15.0, 10.0, "beats", "fails"),
-    (11.0, 10.0, "matches", "holds"),        # within 2 se: matches
-    (15.0, 10.0, "matches", "fails"),
+    (10.0, 14.0, "matches", "holds"),        # better than b: the upper bound -4 + 2.83 is below m = 1.4
+    (13.0, 10.0, "matches", "inconclusive"),  # 3 worse: the bounds 0.17 and 5.83 straddle m = 1.0
+    (15.0, 10.0, "matches", "fails"),         # 5 worse: even the lower bound 2.17 exceeds m = 1.0
 ])
 def test_the_verdict_rule_by_hand(a, b, kind, word):
     arm = lambda f: {"fid": f, "se": 1.0, "n": 3, "basis": "training seeds"}  # noqa: E731
     got, d, two_se = verdict(arm(a), arm(b), kind)
     assert got == word and d == b - a and two_se == pytest.approx(2 * math.sqrt(2))
+    if kind == "matches":   # more noise never turns a 'matches' into 'holds'
+        assert verdict({**arm(a), "se": 50.0}, arm(b), kind)[0] == "inconclusive"
     assert verdict({**arm(a), "n": 1}, arm(b), kind)[0] == word + " (provisional)"
 
 
@@ -43,16 +48,21 @@ def test_claims_pick_the_best_arm_and_keep_controls_apart():
                   for s in range(3)]
     comparison += [run(f"vit-s{s}", "ViT-P/2", 30.0 + s, seed=s) for s in range(3)]
     comparison += [run("get-shuffled", "GET-P/2", 5.0, shuffled=True), run("get-few", "GET-P/2", 40.0, num_pairs=100),
-                   run("get-paper", "GET-P/2", 25.0, recipe="paper"), run("get-last", "GET-P/2", 26.0, recipe="bptt-last")]
-    assert len(arms(comparison)) == 7
+                   run("get-paper", "GET-P/2", 25.0, recipe="paper"), run("get-last", "GET-P/2", 26.0, recipe="bptt-last"),
+                   run("get-paper-1e-3", "GET-P/2", 22.0, recipe="paper", lr=1e-3),   # best paper arm: another lr
+                   {**run("get-cond", "GET-P/2", 1.0), "condition": "cond"}]
+    assert len(arms(comparison)) == 9
     rows = {r["claim"]: r for r in claims_rows(comparison)}
+    assert any(claim.endswith("(cond)") for claim in rows)   # conditions are never mixed in one arm
+    rows = {r["claim"].removesuffix(" (uncond)"): r for r in claims_rows(comparison) if not r["claim"].endswith("(cond)")}
     first = rows["GET beats a ViT of matched parameters (one step), at equal steps"]
     assert first["verdict"] == "holds" and "lr 0.002: 21.00" in first["ours"] and "3 training seeds" in first["ours"]
     assert rows["More pairs help"]["verdict"] == "holds (provisional)"          # 21 against 40
     control = rows["Randomly re-paired noise/images cannot be learned"]
     assert control["verdict"] == "fails (provisional)"                         # the stand-in control scored 5
     assert rows["GET matches a ~5x larger ViT"]["verdict"] == "not tested"
-    assert rows["Loss on all states (fixed-point correction) beats the last state only"]["verdict"].startswith("inconclusive")
+    fp = rows["Loss on all states (fixed-point correction) beats the last state only"]   # paired at the same lr
+    assert fp["verdict"] == "inconclusive (provisional)" and "paper, lr 0.002: 25.00" in fp["ours"]
     assert rows["The memory-efficient mode gives the same gradients with less memory"]["verdict"] == "holds"
 
 

@@ -31,6 +31,23 @@ def test_every_profile_loads_and_names_its_results_folder(path):
         assert Path(cfg.pairs).parts[-3:] == (p.profile, "pairs", p.students[key].condition)
 
 
+def test_a_profile_file_read_with_the_project_root_builds_the_pipelines_paths():
+    p = load_params(ROOT / "profiles" / "claims.yaml", root=ROOT)
+    assert p.work("students", "vit-lr2e3-s0") == ROOT / "work" / "claims" / "students" / "vit-lr2e3-s0"
+    assert load_params(ROOT / "profiles" / "claims.yaml").root == ROOT / "profiles"   # default: the file's folder
+
+
+def test_the_claims_profile_gives_both_families_the_same_learning_rates():
+    p = load_params(ROOT / "profiles" / "claims.yaml")
+    grid = {}
+    for key in p.students:
+        cfg = p.train_config(key)
+        if not cfg.num_pairs and not cfg.shuffle_targets and not cfg.deq.get("state_norm"):
+            grid.setdefault((cfg.model, cfg.deq.get("recipe")), set()).add(cfg.lr)
+    assert grid[("ViT-P/2", None)] == grid[("GET-P/2", "truncated")] == grid[("GET-P/2", "paper")] == {1e-3, 2e-3, 4e-3}
+    assert all(p.train_config(k).max_steps == 8800 for k in p.students)
+
+
 def _dvc_params():
     """Every params.yaml key a dvc.yaml stage lists (foreach items expanded over a profile)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

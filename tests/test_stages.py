@@ -118,3 +118,28 @@ def test_grid_seeds_are_evaluation_seeds_in_class_order():
     assert per == 2 and len(seeds) == 20 and min(seeds) >= 1000 and len(set(seeds)) == 20
     _, labels = latents_for_seeds(seeds, (1, 8, 8), 10)
     assert labels.tolist() == [c for c in range(10) for _ in range(2)]
+
+
+def test_one_trainer_per_run_folder(tmp_path):
+    """DVC and a second worker may reach the same student: a live trainer's lock is refused by name,
+    a dead one's is taken over, and the lock goes when training ends (or fails)."""
+    import os
+    import subprocess
+
+    import pytest
+
+    from getlib.stages.distill import training_lock
+    lock = tmp_path / "students" / ".get-p.lock"
+    with training_lock(lock):
+        assert lock.read_text() == str(os.getpid())
+        with pytest.raises(RuntimeError, match=f"process {os.getpid()} is training this run"):
+            with training_lock(lock):
+                pass
+    assert not lock.exists()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock.write_text(str(gone.pid))   # a trainer that died without removing its lock
+    with pytest.raises(ValueError):
+        with training_lock(lock):
+            raise ValueError("training failed")
+    assert not lock.exists()

@@ -257,6 +257,13 @@ def test_shuffled_targets_pair_each_noise_with_another_image(pair_sets):
     assert torch.equal(latents, plain[0][:2]) and torch.equal(images, plain[1][2:])
 
 
+def test_a_run_on_shuffled_targets_trains_and_differs(pair_sets, tmp_path):
+    train(cfg(pair_sets["uncond"], tmp_path / "plain", max_steps=3))
+    summary = train(cfg(pair_sets["uncond"], tmp_path / "shuffled", max_steps=3, shuffle_targets=True))
+    assert summary["steps"] == 3 and losses(tmp_path / "shuffled") != losses(tmp_path / "plain")
+    assert losses(tmp_path / "shuffled")[0] != losses(tmp_path / "plain")[0]   # other images from the first step
+
+
 def test_bf16_precision_autocasts_on_the_cpu_too(pair_sets, tmp_path):
     """The training loop's autocast path (bf16 on CUDA by default) run on the CPU: close to float32."""
     train(cfg(pair_sets["uncond"], tmp_path / "fp32", max_steps=3, precision="fp32"))

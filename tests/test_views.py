@@ -1,7 +1,8 @@
-"""What the notebooks show of each stage's objects (the view helpers in getlib.stages)."""
+"""What the notebooks show of each stage's objects (getlib.views)."""
+import pytest
 import torch
 
-from getlib.stages import data, distill, features, pairs, teacher
+from getlib.views import data, distill, features, pairs, teacher
 from getlib.data import Dataset, real_images, save_dataset
 from getlib.edm import SamplerConfig, edm_sampler, latents_for_seeds
 from getlib.models import GET_models, ViT_models, count_params
@@ -35,6 +36,8 @@ def test_heun_trajectory_is_the_samplers_own_run():
     assert [r["step"] for r in rows] == list(range(6)) and rows[0]["sigma"] == 80.0 and rows[-1]["sigma"] == 0.0
     assert [r["sigma"] for r in rows[:-1]] == teacher.sigma_schedule(sampler)[:-1]
     assert torch.allclose(rows[0]["state"], latents * 80.0)
+    labelled = teacher.heun_trajectory(lambda x, s, y: x * 0 + y.view(-1, 1, 1, 1), [3, 4], (1, 8, 8), sampler, 10)
+    assert torch.equal(labelled[-1]["denoised"][:, 0, 0, 0], latents_for_seeds([3, 4], (1, 8, 8), 10)[1].float())
     with torch.no_grad():
         assert torch.equal(rows[-1]["state"], edm_sampler(denoise, latents, None, 5).float())
 
@@ -79,4 +82,5 @@ def test_samples_are_the_evaluations_and_trajectory_rows_stack_two_rows():
     trajectory = [{"sigma": s, "state": torch.full((2, 1, 8, 8), 3.0), "denoised": torch.zeros(2, 1, 8, 8)}
                   for s in (80.0, 1.0, 0.0)]
     rows = teacher.trajectory_rows(trajectory, sample=1)
-    assert rows.shape == (6, 1, 8, 8) and rows[0].max() == 3 / (80 ** 2 + 0.25) ** 0.5 and rows[2].max() == 1
+    assert rows.shape == (6, 1, 8, 8) and rows[0].max() == pytest.approx(3 * 0.5 / (80 ** 2 + 0.25) ** 0.5)
+    assert rows[2].max() == 1   # at sigma 0 the state is the image itself (clamped to the data's range)

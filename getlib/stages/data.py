@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-from torch import Tensor
-
 from getlib.config import Params, ParamsError
 from getlib.data import Dataset, real_images, save_dataset
 from getlib.io import atomic_write_json
@@ -30,18 +27,3 @@ def prepare_data(p: Params) -> dict:
 def load_data(p: Params) -> Dataset:
     """The data stage's output."""
     return Dataset(p.work("data", "dataset.npz"))
-
-
-# ------------------------------------------------------------------------------------------------
-# What the notebook shows (views of this stage's objects; nothing here writes)
-# ------------------------------------------------------------------------------------------------
-
-def class_counts(ds: Dataset) -> list[dict]:
-    """Images per class in the training part and the held-out part (the FID floor's)."""
-    return [{"class": c, "train": int((ds.train_labels == c).sum()), "held_out": int((ds.held_labels == c).sum())}
-            for c in range(ds.num_classes)]
-
-
-def images_by_class(ds: Dataset, per_class: int = 10) -> Tensor:
-    """The first `per_class` training images of each class, class after class (model space)."""
-    return torch.cat([ds.train_images[ds.train_labels == c][:per_class] for c in range(ds.num_classes)])

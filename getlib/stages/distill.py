@@ -7,18 +7,42 @@ A second worker can train other students of the same profile outside DVC, throug
 `dvc repro` later finds those runs finished (same settings, pairs and code) and keeps them."""
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from torch import Tensor, nn
-
 from getlib.config import Params
-from getlib.deq import fp_correction_weights
-from getlib.edm import latents_for_seeds
 from getlib.io import atomic_copytree, atomic_write_csv, atomic_write_json, remove_owned
-from getlib.models import GET
 from getlib.stages.launch import torchrun
 from getlib.train import cli_args, resume_problems, reuse_problems, run_summary, train, training_log
+
+
+@contextmanager
+def training_lock(lock: Path):
+    """One trainer per run folder (DVC and a second worker may reach the same student): a lock file
+    beside the run, created exclusively and holding the trainer's pid. A lock whose process has gone
+    is taken over; a live one is refused by name."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            pid = int(lock.read_text().strip() or 0)
+            try:
+                os.kill(pid, 0)
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)   # its trainer is gone
+                continue
+            raise RuntimeError(f"{lock}: process {pid} is training this run; wait for it or stop it") from None
+    else:
+        raise RuntimeError(f"{lock}: could not take the lock")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def distill(p: Params, key: str) -> dict:
@@ -29,6 +53,11 @@ def distill(p: Params, key: str) -> dict:
     nothing: same settings, pair set, training code, and an intact checkpoint. Otherwise the folder
     is replaced and the reason printed (a finished run is also in DVC's cache). With `reuse`, a
     finished run of that profile is copied in when `train.reuse_problems` finds it identical."""
+    with training_lock(p.work("students", f".{key}.lock")):
+        return _distill(p, key)
+
+
+def _distill(p: Params, key: str) -> dict:
     cfg = p.train_config(key)
     out = Path(cfg.out)
     nproc = p.nproc(key)
@@ -53,59 +82,6 @@ def distill(p: Params, key: str) -> dict:
     atomic_write_csv(training_log(out), p.results("train", f"{key}.csv"))
     atomic_write_json(p.results("train", f"{key}.json"), {k: v for k, v in summary.items() if k != "config"})
     return summary
-
-
-# ------------------------------------------------------------------------------------------------
-# What the notebook shows (views of this stage's objects; nothing here writes)
-# ------------------------------------------------------------------------------------------------
-
-def parameter_parts(model: nn.Module) -> dict[str, int]:
-    """Parameters per part: GET's injection (embedding, injection blocks, qkv injection), equilibrium
-    blocks and decoder; a ViT's embedding, blocks and decoder. Positions and class table included."""
-    parts = {"embedding": ["x_embedder", "pos_embed", "y_embedder"], "decoder": ["final_layer"]}
-    if isinstance(model, GET):
-        parts = {"injection": parts["embedding"] + ["blocks", "qkv_inj"], "equilibrium blocks": ["deq_blocks"],
-                 "decoder": parts["decoder"]}
-    else:
-        parts["blocks"] = ["blocks"]
-    count = {name: sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in prefixes)
-             for name, prefixes in parts.items()}
-    return {**count, "total": sum(p.numel() for p in model.parameters())}
-
-
-def _inputs(model: nn.Module, seeds: list[int]) -> tuple[Tensor, Tensor | None]:
-    return latents_for_seeds(seeds, (model.in_channels, model.input_size, model.input_size),
-                             model.num_classes if model.cond else None)
-
-
-@torch.no_grad()
-def samples(model: nn.Module, seeds: list[int]) -> Tensor:
-    """A student's samples for these seeds (their latents, labels and GET's z0, by the project's
-    rule: `edm.latents_for_seeds`, `GET.initial_states`), model space."""
-    latents, labels = _inputs(model.eval(), seeds)
-    return model(latents, labels, z0=model.initial_states(seeds)) if isinstance(model, GET) else model(latents, labels)
-
-
-@torch.no_grad()
-def solver_trace(model: GET, seeds: list[int], iterations: int = 12) -> dict:
-    """One sampling forward pass with `iterations` solver steps (tolerance 0) for these seeds:
-    the decoded image, the residual per iteration (sample means) and the chosen iterate per sample."""
-    latents, labels = _inputs(model.eval(), seeds)
-    images, stats = model(latents, labels, z0=model.initial_states(seeds), return_stats=True,
-                          eval_f_max_iter=iterations, eval_f_tol=0.0)
-    return {"images": images, "abs_residual": stats.abs_trace.mean(1).tolist(),
-            "rel_residual": stats.rel_trace.mean(1).tolist(), "chosen_iterate": stats.nstep.tolist()}
-
-
-@torch.no_grad()
-def training_states(model: GET, seeds: list[int], gamma: float = 0.8) -> tuple[list[Tensor], list[float]]:
-    """The states GET's training loss supervises, decoded (training mode, no gradient), for these
-    seeds' latents and z0, with their fixed-point-correction weights gamma^(n-k-1)."""
-    latents, labels = _inputs(model, seeds)
-    was = model.training
-    states = model.train()(latents, labels, z0=model.initial_states(seeds))
-    model.train(was)
-    return states, fp_correction_weights(len(states), gamma)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,9 +79,12 @@ def evaluate(p: Params) -> dict:
     note = (f"FID/KID in the {space.name} feature space, {n} images per source against {len(reference)} "
             f"reference images; generated sources: mean and spread over {len(seeds)} disjoint seed ranges.")
     out = p.results("evaluation")
+    p.results("interim.json").unlink(missing_ok=True)   # a complete evaluation supersedes an interim one
     write_results(rows, out, "comparison", "One-step students against the teacher", note)
     if sweep:
-        write_results(sweep, out, "iterations", "FID against inference iterations (test-time compute)", note)
+        write_results(sweep, out, "iterations", "FID against inference iterations (test-time compute)",
+                      note + " The residual of k iterations is that of the step that produced the returned iterate, "
+                      "||z_j - z_(j-1)|| (in the fixed_point table: row j - 1); first seed range.")
     if decoding:
         write_results(decoding, out, "decoding", "GET's samples under each decoding rule (same seeds and iterations)",
                       note + " Rules: abs / rel = the iterate with the lowest absolute / relative residual (abs is "

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from getlib.config import Params, device_of
-from getlib.data import Dataset
 from getlib.features import load_feature_net, train_feature_net
 from getlib.io import atomic_write, atomic_write_json
 from getlib.metrics import FeatureSpace, digits_feature_space, folder_features, inception_feature_space, write_images
@@ -53,15 +51,3 @@ def make_features(p: Params) -> dict:
                **{k: v for k, v in report.items() if k != "seconds"}, "seconds": time.perf_counter() - start}
     atomic_write_json(p.results("features.json"), summary)
     return summary
-
-
-# ------------------------------------------------------------------------------------------------
-# What the notebook shows (views of this stage's objects; nothing here writes)
-# ------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def confusion_matrix(net: nn.Module, ds: Dataset) -> np.ndarray:
-    """(true class, predicted class) counts of the feature network on the held-out images."""
-    pred = net.eval()(ds.model_space(ds.held_raw)).argmax(1)
-    k = ds.num_classes
-    return np.bincount((ds.held_labels * k + pred).numpy(), minlength=k * k).reshape(k, k)

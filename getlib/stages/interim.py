@@ -18,10 +18,19 @@ from getlib.config import Params, load_params, project_root
 from getlib.io import atomic_write_json
 from getlib.stages.evaluate import evaluate
 from getlib.stages.figures import make_figures
+from getlib.train import resume_problems, run_summary
 
 
 def finished_students(p: Params) -> list[str]:
-    return [key for key in p.students if p.work("students", key, "student.pt").is_file()]
+    """The students whose run is finished and is the run the profile describes: student.pt written,
+    all max_steps done, and nothing `train.resume_problems` objects to (settings, pairs, code, files)."""
+    done = []
+    for key in p.students:
+        cfg = p.train_config(key)
+        if (p.work("students", key, "student.pt").is_file() and not resume_problems(cfg, p.nproc(key))
+                and run_summary(cfg.out)["steps"] == cfg.max_steps):
+            done.append(key)
+    return done
 
 
 def interim(p: Params) -> dict:

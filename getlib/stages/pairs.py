@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from getlib.checkpoints import load_teacher_of
 from getlib.config import Params, device_of
-from getlib.io import atomic_copytree, atomic_write_json, file_sha256, remove_owned
+from getlib.io import atomic_copytree, atomic_write_json, remove_owned
 from getlib.pairs import MANIFEST, VERIFIED, PairSpec, generate_pairs, pair_set_problems, read_manifest
 from getlib.stages.launch import torchrun
 from getlib.stages.data import load_data
@@ -71,21 +70,3 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
                "teacher_nfe": p.sampler.nfe, "seconds": seconds, "pairs_per_s": spec.num_pairs / seconds}
     atomic_write_json(p.results(f"pairs-{condition}.json"), summary)
     return summary
-
-
-# ------------------------------------------------------------------------------------------------
-# What the notebook shows (views of this stage's objects; nothing here writes)
-# ------------------------------------------------------------------------------------------------
-
-def shard_table(manifest: dict) -> list[dict]:
-    """The manifest's shards: file, pairs, seeds and recorded sha256 (first 16 hex digits)."""
-    return [{"file": s["file"], "count": s["count"], "first_seed": s.get("first_seed"),
-             "sha256": s["sha256"][:16] + "..."} for s in manifest["shards"]]
-
-
-def check_shard(root: str | Path, manifest: dict, k: int = 0) -> dict:
-    """Recompute shard k's sha256 and compare it with the manifest's."""
-    shard = manifest["shards"][k]
-    computed = file_sha256(Path(root) / shard["file"])
-    return {"file": shard["file"], "recorded": shard["sha256"], "computed": computed,
-            "matches": computed == shard["sha256"]}

@@ -50,8 +50,9 @@ def test_claims_pick_the_best_arm_and_keep_controls_apart():
     comparison += [run("get-shuffled", "GET-P/2", 5.0, shuffled=True), run("get-few", "GET-P/2", 40.0, num_pairs=100),
                    run("get-paper", "GET-P/2", 25.0, recipe="paper"), run("get-last", "GET-P/2", 26.0, recipe="bptt-last"),
                    run("get-paper-1e-3", "GET-P/2", 22.0, recipe="paper", lr=1e-3),   # best paper arm: another lr
-                   {**run("get-cond", "GET-P/2", 1.0), "condition": "cond"}]
-    assert len(arms(comparison)) == 9
+                   {**run("get-cond", "GET-P/2", 1.0), "condition": "cond"},
+                   run("get-norm", "GET-P/2", 3.0, recipe="truncated+state-norm")]   # never the family's best
+    assert len(arms(comparison)) == 10
     rows = {r["claim"]: r for r in claims_rows(comparison)}
     assert any(claim.endswith("(cond)") for claim in rows)   # conditions are never mixed in one arm
     rows = {r["claim"].removesuffix(" (uncond)"): r for r in claims_rows(comparison) if not r["claim"].endswith("(cond)")}
@@ -64,6 +65,9 @@ def test_claims_pick_the_best_arm_and_keep_controls_apart():
     fp = rows["Loss on all states (fixed-point correction) beats the last state only"]   # paired at the same lr
     assert fp["verdict"] == "inconclusive (provisional)" and "paper, lr 0.002: 25.00" in fp["ours"]
     assert rows["The memory-efficient mode gives the same gradients with less memory"]["verdict"] == "holds"
+    assert "truncated+state-norm, lr 0.002: 3.00" in rows["The bounded-map GET beats a ViT of matched parameters, "
+                                                          "at equal steps"]["ours"]
+    assert rows["The bounded map (state_norm) samples at least as well as the plain map"]["verdict"] == "holds (provisional)"
 
 
 def test_equal_training_flops_compares_the_curves_at_the_smaller_budget():

@@ -264,9 +264,9 @@ def _convergence_rows(groups, fixed_point, get, vit, iterations) -> list[dict]:
         converges = z["rel_residual"] < 0.01 and z["abs_residual"] < 0.1 * a["abs_residual"]
         out.append({"claim": f"The plain iterates converge ({student})", "paper": "(the DEQ premise: z* = f(z*))",
                     "compared": f"z_k = f^k(z0), k = {a['iteration']}..{z['iteration']}",
-                    "ours": f"||f(z_k) - z_k|| {a['abs_residual']:.3g} -> {z['abs_residual']:.3g}, relative "
-                            f"{a['rel_residual']:.3g} -> {z['rel_residual']:.3g}, ||z_k|| {a['state_norm']:.3g} -> "
-                            f"{z['state_norm']:.3g}",
+                    "ours": f"‖f(z_k) - z_k‖ {a['abs_residual']:.3g} -> {z['abs_residual']:.3g}, relative "
+                            f"{a['rel_residual']:.3g} -> {z['rel_residual']:.3g}, ‖z_k‖ {a['state_norm']:.3g} -> "
+                            f"{z['state_norm']:.3g}",   # (not '|': the cell sits in a Markdown table)
                     "difference": "", "verdict": "holds" if converges else "fails",
                     "basis": "rule: relative residual < 0.01 and absolute residual down 10x", "note": ""})
     return out

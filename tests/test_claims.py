@@ -79,3 +79,11 @@ def test_equal_training_flops_compares_the_curves_at_the_smaller_budget():
     flops = rows["GET beats a ViT of matched parameters, at equal training FLOPs"]
     assert "GET-P/2, truncated, lr 0.002: 40.00" in flops["ours"] and "25.00" in flops["ours"]
     assert flops["verdict"] == "fails (provisional)"
+
+
+def test_no_cell_breaks_the_markdown_table():
+    comparison = [run("get", "GET-P/2", 20.0), run("vit", "ViT-P/2", 25.0)]
+    fixed_point = [{"student": "get", "iteration": k, "abs_residual": 5.0, "rel_residual": 0.5 / k,
+                    "state_norm": 10.0 * k} for k in (1, 2)]
+    for r in claims_rows(comparison, fixed_point=fixed_point):
+        assert all("|" not in str(v) for v in r.values()), r

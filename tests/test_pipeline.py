@@ -154,7 +154,8 @@ def test_interim_results_cover_the_finished_runs_only(smoke, tmp_path):
     repo = tmp_path / "project"
     shutil.copytree(smoke[0], repo, symlinks=True)   # a copy: the other tests' project stays whole
     (repo / "work/smoke/students/vit-p/student.pt").unlink()   # as if vit-p were still training
-    out = run(f"{BIN / 'python'} -m getlib.stages.interim profiles/smoke.yaml", repo)
+    # the active params.yaml: the ablation test may have changed get-p's settings (and retrained it)
+    out = run(f"{BIN / 'python'} -m getlib.stages.interim params.yaml", repo)
     assert json.loads((repo / "results/smoke/interim.json").read_text()) == {
         "finished": ["get-p", "get-p-cond"], "pending": ["vit-p"]}, out.stdout
     rows = json.loads((repo / "results/smoke/evaluation/comparison.json").read_text())

@@ -3,6 +3,7 @@ gives the same bytes (no timings, dates or absolute paths inside), so re-running
 output-neutral change leaves everything downstream of it up to date."""
 import fnmatch
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -57,32 +58,38 @@ def test_the_teacher_and_the_feature_network_are_the_same_bytes_twice(tmp_path):
     assert hashed_files(tmp_path / "one") == hashed_files(tmp_path / "two")
 
 
-def _stage_deps() -> dict[str, list[str]]:
+def _stages() -> dict[str, dict]:
     import yaml
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    return {name: (s.get("do") or s)["deps"] for name, s in stages.items()}
+    return {name: s.get("do") or s for name, s in stages.items()}
 
 
-def _notebook_closure(notebook: Path) -> set[str]:
-    """The getlib source files that running `notebook` can execute: the import closure of every
-    getlib import in its code cells (at any depth, function-level imports included)."""
+def _stage_deps() -> dict[str, list[str]]:
+    return {name: s["deps"] for name, s in _stages().items()}
+
+
+def _stage_closure(notebook: Path, cmd: str) -> set[str]:
+    """The getlib source files that a stage can execute: the import closure of the modules its
+    command runs (`python -m getlib.notebook`) and of every getlib import in its notebook's code
+    cells (at any depth, function-level imports included)."""
     import ast
 
     from getlib.provenance import import_closure, imported_modules, module_file
     cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
     modules = set().union(*(imported_modules(ast.parse("".join(c["source"]))) for c in cells))
+    modules |= set(re.findall(r"python -m (getlib[\w.]*)", cmd))
     return {module_file(m).relative_to(ROOT).as_posix() for m in import_closure(*modules)}
 
 
 @pytest.mark.parametrize("stage", sorted(_stage_deps()))
-def test_each_stage_lists_exactly_the_modules_its_notebook_can_run(stage):
-    """An edit of a module re-runs exactly the stages whose notebooks can execute it: a missing
-    module would leave results stale, an extra one would re-run a stage for nothing."""
+def test_each_stage_lists_exactly_the_modules_it_can_run(stage):
+    """An edit of a module re-runs exactly the stages that can execute it (their command or their
+    notebook): a missing module would leave results stale, an extra one would re-run a stage for nothing."""
     deps = _stage_deps()[stage]
     notebook = next(d for d in deps if d.endswith(".ipynb"))
     listed = {d for d in deps if d.startswith("getlib/")}
-    needed = _notebook_closure(ROOT / notebook)
-    assert "getlib/config.py" in needed
+    needed = _stage_closure(ROOT / notebook, _stages()[stage]["cmd"])
+    assert {"getlib/config.py", "getlib/notebook.py"} <= needed
     assert not needed - listed, f"dvc.yaml stage {stage} lacks {sorted(needed - listed)}"
     assert not listed - needed, f"dvc.yaml stage {stage} lists {sorted(listed - needed)}, which its notebook never runs"
 

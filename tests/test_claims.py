@@ -70,6 +70,14 @@ def test_claims_pick_the_best_arm_and_keep_controls_apart():
     assert rows["The bounded map (state_norm) samples at least as well as the plain map"]["verdict"] == "holds (provisional)"
 
 
+def test_a_bounded_map_alone_is_still_compared_with_the_matched_vit():
+    comparison = [run("get-norm", "GET-P/2", 20.0, recipe="truncated+state-norm"), run("vit", "ViT-P/2", 30.0)]
+    rows = {r["claim"]: r for r in claims_rows(comparison)}
+    assert rows["GET beats a ViT of matched parameters (one step), at equal steps"]["verdict"] == "not tested"
+    row = rows["The bounded-map GET beats a ViT of matched parameters, at equal steps"]
+    assert row["verdict"] == "holds (provisional)" and "ViT-P/2" in row["ours"]
+
+
 def test_equal_training_flops_compares_the_curves_at_the_smaller_budget():
     comparison = [run("get", "GET-P/2", 20.0), run("vit", "ViT-P/2", 25.0)]
     # GET: 8 PFLOPs over 800 steps; ViT: 4 PFLOPs. At 4 PFLOPs GET is at step 400.

@@ -4,6 +4,7 @@ toy scale with stand-ins for what cannot be downloaded here."""
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,12 +68,15 @@ def test_smoke_repro_runs_every_stage_and_writes_every_result(smoke):
     repo, out = smoke
     assert ran(out) == {"data", "features", "teacher@uncond", "teacher@cond", "pairs@uncond", "pairs@cond",
                         "distill@get-p", "distill@vit-p", "distill@get-p-cond", "evaluate", "figures"}
-    executed = {p.name for p in (repo / "results/smoke/notebooks").glob("*.ipynb")}
-    for nb in (repo / "notebooks").glob("*.ipynb"):   # every notebook ran under papermill
-        assert any(e.startswith(nb.stem) for e in executed), nb.name
-    for name in executed:   # ... and shows at least one picture of its stage's objects
-        cells = json.loads((repo / "results/smoke/notebooks" / name).read_text())["cells"]
-        assert any("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", [])), name
+    rendered = sorted((repo / "results/smoke/notebooks").glob("*.md"))
+    for nb in (repo / "notebooks").glob("*.ipynb"):   # every notebook ran under papermill and was rendered
+        assert any(r.stem.startswith(nb.stem) for r in rendered), nb.name
+        assert any(e.stem.startswith(nb.stem) for e in (repo / "work/smoke/notebooks").glob("*.ipynb")), nb.name
+    for md in rendered:   # ... showing at least one picture of its stage's objects, and nothing of this machine
+        text = md.read_text()
+        pictures = re.findall(r"!\[png\]\(([^)]+)\)", text)
+        assert pictures and all((md.parent / name).stat().st_size > 100 for name in pictures), md.name
+        assert str(repo) not in text and "'seconds':" not in text, md.name   # no local paths, no timings
     results = repo / "results" / "smoke"
     rows = json.loads((results / "evaluation" / "comparison.json").read_text())
     assert [r["source"] for r in rows] == ["real (held-out)", "teacher (uncond)", "get-p", "vit-p",
@@ -150,18 +154,40 @@ def test_an_ablation_reruns_only_the_stages_downstream_of_it(smoke):
     assert yaml.safe_load((repo / "params.yaml").read_text())["students"]["get-p"]["train"]["lr"] == 0.001
 
 
-def test_interim_results_cover_the_finished_runs_only(smoke, tmp_path):
+def test_interim_results_take_runs_that_are_not_here_from_their_current_records(smoke, tmp_path):
     repo = tmp_path / "project"
     shutil.copytree(smoke[0], repo, symlinks=True)   # a copy: the other tests' project stays whole
-    (repo / "work/smoke/students/vit-p/student.pt").unlink()   # as if vit-p were still training
-    # the active params.yaml: the ablation test may have changed get-p's settings (and retrained it)
+    results = repo / "results/smoke"
+    full = {r["source"]: r for r in json.loads((results / "evaluation/comparison.json").read_text())}
+    shutil.rmtree(repo / "work/smoke/students/vit-p")   # as if vit-p had been trained in an earlier session
+    # the active params.yaml: the ablation test may have changed get-p's settings (and retrained it);
+    # get-p and get-p-cond are evaluated again and must reproduce their records
     out = run(f"{BIN / 'python'} -m getlib.stages.interim params.yaml", repo)
-    assert json.loads((repo / "results/smoke/interim.json").read_text()) == {
-        "finished": ["get-p", "get-p-cond"], "pending": ["vit-p"]}, out.stdout
-    rows = json.loads((repo / "results/smoke/evaluation/comparison.json").read_text())
-    assert [r["source"] for r in rows] == ["real (held-out)", "teacher (uncond)", "get-p", "teacher (cond)",
+    assert json.loads((results / "interim.json").read_text()) == {
+        "evaluated": ["get-p", "get-p-cond"], "recorded": ["vit-p"], "stale": {}, "pending": []}, out.stdout
+    rows = json.loads((results / "evaluation/comparison.json").read_text())
+    assert [r["source"] for r in rows] == ["real (held-out)", "teacher (uncond)", "get-p", "vit-p", "teacher (cond)",
                                            "get-p-cond"]
-    assert (repo / "results/smoke/tables/claims.md").exists()
+    assert {k: v for k, v in rows[3].items() if k != "images_per_s"} == {
+        k: v for k, v in full["vit-p"].items() if k != "images_per_s"}
+    assert (results / "tables/claims.md").exists()
+
+    # a setting changed since: vit-p's record is stale, and says why
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["students"]["vit-p"].setdefault("train", {})["lr"] = 0.0123
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    run(f"{BIN / 'python'} -m getlib.stages.interim params.yaml", repo)
+    summary = json.loads((results / "interim.json").read_text())
+    assert summary["pending"] == ["vit-p"] and summary["recorded"] == []
+    assert any("settings.lr: recorded" in why and "0.0123" in why for why in summary["stale"]["vit-p"])
+
+    # a record its run no longer reproduces: interim stops and names the student and the field
+    record = json.loads((results / "runs/get-p.json").read_text())
+    record["rows"]["comparison"][0]["fid"] += 1
+    (results / "runs/get-p.json").write_text(json.dumps(record))
+    out = run(f"{BIN / 'python'} -m getlib.stages.interim params.yaml", repo, check=False)
+    assert out.returncode != 0 and "get-p: its run, evaluated again, does not reproduce" in out.stderr
+    assert "comparison row 0: fid" in out.stderr
 
 
 # ------------------------------------------------------------------------------------------------

@@ -66,7 +66,8 @@ def sample_figures(p: Params) -> list[Path]:
         classes = ds.num_classes if condition == "cond" else None
         seeds, per = seeds_by_class(p.evaluate.seed_start, p.figures.grid_samples, ds.shape, classes)
         teacher = load_teacher_of(p, condition)[0].to(device)
-        students = {key: load_student(path) for key, path in p.student_files(condition).items()}
+        # the runs that are here (an interim evaluation takes some students' rows from records only)
+        students = {key: load_student(path) for key, path in p.student_files(condition).items() if path.is_file()}
         panels = {f"teacher ({p.sampler.nfe} NFE)": torch.cat([
             sample_teacher(teacher, 1, ds.shape, classes, s, 1, p.sampler, device) for s in seeds])}
         for key, model in students.items():

@@ -4,10 +4,15 @@ have finished, while the pipeline is still training the others.
     python -m getlib.stages.interim [PARAMS]     # default params.yaml; make interim PROFILE=claims
 
 DVC runs evaluate only once every distill stage is done; a long study (the claims profile) commits
-its evidence as it grows with this instead. It restricts the profile to the students whose run has
-finished (student.pt written), writes the same files the two stages write under results/<profile>/,
-and lists the finished and pending runs in results/<profile>/interim.json. A later `dvc repro` of
-the whole profile overwrites them with the complete results.
+its evidence as it grows with this instead. It evaluates the students whose run has finished here
+(student.pt written), writing each one's record (results/<profile>/runs/<student>.json,
+`getlib.records`), and takes the other students' rows from their committed records while those still
+stand for the run the profile describes (same settings, pairs, training and scoring code): a session
+need not keep the weights of earlier sessions' runs. A run evaluated here that already has a
+current record must reproduce its scores, or this stops and says where they differ. It writes the
+same files the two stages write under results/<profile>/, and results/<profile>/interim.json lists
+the runs evaluated here, those taken from records, the stale records (and why) and the pending runs.
+A later `dvc repro` of the whole profile overwrites them with the complete results.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import dataclasses
 
 from getlib.config import Params, load_params, project_root
 from getlib.io import atomic_write_json
+from getlib.records import read_record, record_path, record_problems, score_differences
 from getlib.stages.evaluate import evaluate
 from getlib.stages.figures import make_figures
 from getlib.train import resume_problems, run_summary
@@ -35,13 +41,34 @@ def finished_students(p: Params) -> list[str]:
 
 def interim(p: Params) -> dict:
     done = finished_students(p)
-    if not done:
-        raise FileNotFoundError(f"no finished run under {p.work('students')}: nothing to evaluate yet")
-    conditions = [c for c in p.conditions if any(p.students[k].condition == c for k in done)]
-    sub = dataclasses.replace(p, students={k: p.students[k] for k in done}, conditions=conditions)
-    evaluate(sub)
+    recorded, stale, before = {}, {}, {}   # before: the current records of runs evaluated here again
+    for key in p.students:
+        record = read_record(p, key)
+        if record is None:
+            continue
+        problems = record_problems(p, key, record)
+        if key in done:
+            if not problems:
+                before[key] = record
+        elif problems:
+            stale[key] = problems
+        else:
+            recorded[key] = record
+    keys = [k for k in p.students if k in done or k in recorded]
+    if not keys:
+        raise FileNotFoundError(f"no finished run under {p.work('students')} and no current record under "
+                                f"{p.results('runs')}: nothing to evaluate yet")
+    conditions = [c for c in p.conditions if any(p.students[k].condition == c for k in keys)]
+    sub = dataclasses.replace(p, students={k: p.students[k] for k in keys}, conditions=conditions)
+    evaluate(sub, recorded)
+    for key, record in before.items():
+        differences = score_differences(record["rows"], read_record(p, key)["rows"])
+        if differences:
+            raise RuntimeError(f"{key}: its run, evaluated again, does not reproduce {record_path(p, key)} as "
+                               "committed: " + "; ".join(differences[:5]))
     make_figures(sub)
-    summary = {"finished": done, "pending": [k for k in p.students if k not in done]}
+    summary = {"evaluated": done, "recorded": list(recorded), "stale": stale,
+               "pending": [k for k in p.students if k not in keys]}
     atomic_write_json(p.results("interim.json"), summary)
     return summary
 

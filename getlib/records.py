@@ -1,0 +1,122 @@
+"""A student's evaluation, kept as a committed record: results/<profile>/runs/<student>.json.
+
+A run's weights live in work/<profile>/ (git-ignored), which a study spanning sessions does not
+keep. Its record does: every evaluation row of that student (comparison, iterations, decoding,
+fixed_point, training) beside two identities that say what the rows are a function of:
+- `run`: the run's settings as its checkpoint records them, its pair set's manifest sha256, the
+  training code's fingerprint, the number of processes (what `train.resume_problems` compares), and
+  the machine: torch's build and the CPU's instruction set or the GPU;
+- `evaluation`: the evaluate params, the feature network's files (sha256), the fingerprint of
+  the scoring code (getlib.evaluate's import closure) and the machine.
+A record stands for its run only while both identities equal those the profile gives now; any
+difference (a setting, the pairs, the code, the machine) makes it stale, and `record_problems` says
+which. Training is deterministic for a given machine (and thread count), not across machines.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from getlib.config import Params, device_of
+from getlib.io import atomic_write_json, file_sha256, read_json
+from getlib.provenance import code_fingerprint
+from getlib.train import _provenance, _settings
+
+__all__ = ["TABLES", "machine", "run_identity", "evaluation_identity", "record_path", "write_record", "read_record",
+           "record_problems", "score_differences"]
+
+TABLES = ("comparison", "iterations", "decoding", "fixed_point", "training")
+# Row fields measured with a clock on this machine: a record's scores are compared without them.
+TIMED = {"images_per_s", "peak_mib"}
+# Settings that do not change a run's weights (the device's type is compared instead of its name).
+NEUTRAL = {"time_budget_s", "num_workers", "progress", "device"}
+
+
+def _plain(obj: object) -> object:
+    """The JSON form (tuples as lists, numbers as JSON reads them back), for comparing with a record."""
+    return json.loads(json.dumps(obj))
+
+
+def machine(device: torch.device) -> str:
+    """The device as far as it shapes floating-point results: torch's build and the CPU's vector
+    instruction set or the GPU's name. Kernels round differently across them, so the same code and
+    seeds train different weights: the default's teacher and feature network differ between two
+    machines of this project's CPU pool, and so do their FIDs in the last digits."""
+    what = torch.cuda.get_device_name(device) if device.type == "cuda" else torch.backends.cpu.get_cpu_capability()
+    return f"{device.type} ({what}), torch {torch.__version__}"
+
+
+def run_identity(p: Params, key: str) -> dict:
+    """What student `key`'s weights are a function of, as the profile gives it now."""
+    cfg = p.train_config(key)
+    return _plain({"settings": {**_settings(cfg), "world_size": p.nproc(key)}, **_provenance(cfg),
+                   "device": machine(device_of(cfg.device))})
+
+
+def evaluation_identity(p: Params) -> dict:
+    """What an evaluation row is a function of besides the run: evaluate params, features, code."""
+    features = p.work("features")
+    return _plain({"evaluate": {k: v for k, v in dataclasses.asdict(p.evaluate).items() if k != "device"},
+                   "features": {f.name: file_sha256(f) for f in sorted(features.glob("*"))
+                                if f.suffix in (".npy", ".pt")},
+                   "code": code_fingerprint("getlib.evaluate"), "device": machine(device_of(p.evaluate.device))})
+
+
+def record_path(p: Params, key: str) -> Path:
+    return p.results("runs", f"{key}.json")
+
+
+def write_record(p: Params, key: str, rows: dict[str, list[dict]]) -> None:
+    atomic_write_json(record_path(p, key), {"student": key, "run": run_identity(p, key),
+                                            "evaluation": evaluation_identity(p),
+                                            "rows": {name: rows.get(name, []) for name in TABLES}})
+
+
+def read_record(p: Params, key: str) -> dict | None:
+    """The committed record of student `key`, or None when there is none."""
+    path = record_path(p, key)
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict) or not {"student", "run", "evaluation", "rows"} <= set(record):
+        raise ValueError(f"{path}: not a run record (needs student, run, evaluation and rows)")
+    return record
+
+
+def _differences(recorded: dict, now: dict, where: str) -> list[str]:
+    keys = sorted(set(recorded) | set(now))
+    return [f"{where}.{k}: recorded {recorded.get(k)!r}, now {now.get(k)!r}" for k in keys
+            if recorded.get(k) != now.get(k)]
+
+
+def record_problems(p: Params, key: str, record: dict) -> list[str]:
+    """Why `record` does not stand for student `key` of this profile now; [] when it does."""
+    run, evaluation = record["run"], record["evaluation"]
+    now = run_identity(p, key)
+    settings = {k: v for k, v in run.get("settings", {}).items() if k not in NEUTRAL}
+    problems = _differences(settings, {k: v for k, v in now["settings"].items() if k not in NEUTRAL}, "settings")
+    problems += _differences({k: v for k, v in run.items() if k != "settings"},
+                             {k: v for k, v in now.items() if k != "settings"}, "run")
+    problems += _differences(evaluation, evaluation_identity(p), "evaluation")
+    return problems
+
+
+def score_differences(recorded: dict[str, list[dict]], now: dict[str, list[dict]]) -> list[str]:
+    """Where two evaluations of the same run disagree, clock-measured fields left out: a
+    deterministic run and evaluation give the same rows, so any difference is a reproducibility
+    failure to look into."""
+    problems = []
+    for name in TABLES:
+        a, b = recorded.get(name, []), now.get(name, [])
+        if len(a) != len(b):
+            problems.append(f"{name}: {len(a)} recorded rows, {len(b)} now")
+            continue
+        for i, (x, y) in enumerate(zip(a, b)):
+            x, y = ({k: v for k, v in _plain(r).items() if k not in TIMED} for r in (x, y))
+            if x != y:
+                diff = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+                problems.append(f"{name} row {i}: " + ", ".join(f"{k} {x.get(k)!r} -> {y.get(k)!r}" for k in diff))
+    return problems

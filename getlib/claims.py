@@ -129,7 +129,8 @@ def claims_rows(comparison: list[dict], curve: list[dict] = (), iterations: list
 def _condition_rows(groups, curve, iterations, fixed_point) -> list[dict]:
     first = {k: v[0] for k, v in groups.items()}
     get = _best(groups, lambda k: _plain(k) and k.model.startswith("GET"))
-    sized = get or _best(groups, lambda k: k.model.startswith("GET"))   # e.g. only a bounded-map GET
+    sized = get or _best(groups, lambda k: k.model.startswith("GET") and not k.num_pairs   # e.g. only a
+                         and not k.shuffle_targets)                                     # bounded-map GET
     size = lambda k: first[k]["params"] / first[sized[0]]["params"] if sized else 0  # noqa: E731
     vit = _best(groups, lambda k: _plain(k) and k.model.startswith("ViT") and 0.8 <= size(k) <= 1.25)
     paper = "GET is more parameter-efficient than ViT at one step"

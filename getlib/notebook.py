@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -42,15 +43,18 @@ def render_markdown(executed: str | Path, rendered: str | Path) -> list[Path]:
     body = re.sub(r"<style scoped>.*?</style>\n?", "", body, flags=re.S)   # pandas' CSS: text where it is not read
     rendered.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=rendered.parent, prefix=f".{pictures.name}."))
-    staging.chmod(0o755)   # mkdtemp's 0700 would hide the pictures from other readers of results/
     written = []
-    for name, data in sorted(resources["outputs"].items()):   # name = <stem>_files/output_<cell>_<output>.png
-        if f"]({name})" not in body:                          # a picture's other formats (a jpeg beside its png)
-            continue
-        (staging / Path(name).name).write_bytes(data)
-        written.append(pictures / Path(name).name)
-    remove_owned(pictures, rendered.parent)
-    os.replace(staging, pictures)
+    try:
+        for name, data in sorted(resources["outputs"].items()):   # name = <stem>_files/output_<cell>_<output>.png
+            if f"]({name})" not in body:                          # a picture's other formats (a jpeg beside its png)
+                continue
+            (staging / Path(name).name).write_bytes(data)
+            written.append(pictures / Path(name).name)
+        remove_owned(pictures, rendered.parent)
+        os.replace(staging, pictures)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     atomic_write(rendered, lambda f: f.write(body.encode()))
     return [rendered, *written]
 

@@ -3,11 +3,14 @@
 A run's weights live in work/<profile>/ (git-ignored), which a study spanning sessions does not
 keep. Its record does: every evaluation row of that student (comparison, iterations, decoding,
 fixed_point, training) beside two identities that say what the rows are a function of:
-- `run`: the run's settings as its checkpoint records them, its pair set's manifest sha256, the
-  training code's fingerprint, the number of processes (what `train.resume_problems` compares), and
-  the machine: torch's build and the CPU's instruction set or the GPU;
+- `run`: the settings the profile gives the run (those its checkpoint was checked to hold by
+  `train.resume_problems`), its pair set's manifest sha256, the training code's fingerprint, the
+  number of processes, and the machine: torch's build and the CPU's instruction set or the GPU. That
+  is the machine that evaluates the run, which is the one that trained it: a run folder lives in
+  work/, which no session or machine shares, and `train.reuse_problems` copies runs only within one;
 - `evaluation`: the evaluate params, the feature network's files (sha256), the fingerprint of
-  the scoring code (getlib.evaluate's import closure) and the machine.
+  the scoring code (getlib.evaluate's import closure), the sha256 of the two files that put the rows
+  together (getlib/stages/evaluate.py, this file) and the machine.
 A record stands for its run only while both identities equal those the profile gives now; any
 difference (a setting, the pairs, the code, the machine) makes it stale, and `record_problems` says
 which. Training is deterministic for a given machine (and thread count), not across machines.
@@ -22,7 +25,7 @@ import torch
 
 from getlib.config import Params, device_of
 from getlib.io import atomic_write_json, file_sha256, read_json
-from getlib.provenance import code_fingerprint
+from getlib.provenance import PACKAGE, code_fingerprint
 from getlib.train import _provenance, _settings
 
 __all__ = ["TABLES", "machine", "run_identity", "evaluation_identity", "record_path", "write_record", "read_record",
@@ -31,6 +34,8 @@ __all__ = ["TABLES", "machine", "run_identity", "evaluation_identity", "record_p
 TABLES = ("comparison", "iterations", "decoding", "fixed_point", "training")
 # Row fields measured with a clock on this machine: a record's scores are compared without them.
 TIMED = {"images_per_s", "peak_mib"}
+# The glue that turns scores into rows (outside getlib.evaluate's closure): a record holds its sha256.
+ROWS_CODE = ("stages/evaluate.py", "records.py")
 # Settings that do not change a run's weights (the device's type is compared instead of its name).
 NEUTRAL = {"time_budget_s", "num_workers", "progress", "device"}
 
@@ -62,7 +67,9 @@ def evaluation_identity(p: Params) -> dict:
     return _plain({"evaluate": {k: v for k, v in dataclasses.asdict(p.evaluate).items() if k != "device"},
                    "features": {f.name: file_sha256(f) for f in sorted(features.glob("*"))
                                 if f.suffix in (".npy", ".pt")},
-                   "code": code_fingerprint("getlib.evaluate"), "device": machine(device_of(p.evaluate.device))})
+                   "code": code_fingerprint("getlib.evaluate"),
+                   "rows_code": {name: file_sha256(PACKAGE / name) for name in ROWS_CODE},
+                   "device": machine(device_of(p.evaluate.device))})
 
 
 def record_path(p: Params, key: str) -> Path:
@@ -83,6 +90,8 @@ def read_record(p: Params, key: str) -> dict | None:
     record = read_json(path)
     if not isinstance(record, dict) or not {"student", "run", "evaluation", "rows"} <= set(record):
         raise ValueError(f"{path}: not a run record (needs student, run, evaluation and rows)")
+    if record["student"] != key:
+        raise ValueError(f"{path}: the record of student {record['student']!r}, not of {key!r}")
     return record
 
 
@@ -95,7 +104,10 @@ def _differences(recorded: dict, now: dict, where: str) -> list[str]:
 def record_problems(p: Params, key: str, record: dict) -> list[str]:
     """Why `record` does not stand for student `key` of this profile now; [] when it does."""
     run, evaluation = record["run"], record["evaluation"]
-    now = run_identity(p, key)
+    try:
+        now = run_identity(p, key)
+    except FileNotFoundError as e:   # the pair set is not here: nothing to compare the record with
+        return [f"{e.filename} is not here: make the pair set (its stage) to check this record"]
     settings = {k: v for k, v in run.get("settings", {}).items() if k not in NEUTRAL}
     problems = _differences(settings, {k: v for k, v in now["settings"].items() if k not in NEUTRAL}, "settings")
     problems += _differences({k: v for k, v in run.items() if k != "settings"},

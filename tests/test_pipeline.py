@@ -161,8 +161,8 @@ def test_interim_results_take_runs_that_are_not_here_from_their_current_records(
     full = {r["source"]: r for r in json.loads((results / "evaluation/comparison.json").read_text())}
     shutil.rmtree(repo / "work/smoke/students/vit-p")   # as if vit-p had been trained in an earlier session
     # the active params.yaml: the ablation test may have changed get-p's settings (and retrained it);
-    # get-p and get-p-cond are evaluated again and must reproduce their records
-    out = run(f"{BIN / 'python'} -m getlib.stages.interim params.yaml", repo)
+    # with --recheck, get-p and get-p-cond are evaluated again and must reproduce their records
+    out = run(f"{BIN / 'python'} -m getlib.stages.interim params.yaml --recheck", repo)
     assert json.loads((results / "interim.json").read_text()) == {
         "evaluated": ["get-p", "get-p-cond"], "recorded": ["vit-p"], "stale": {}, "pending": []}, out.stdout
     rows = json.loads((results / "evaluation/comparison.json").read_text())
@@ -178,16 +178,18 @@ def test_interim_results_take_runs_that_are_not_here_from_their_current_records(
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     run(f"{BIN / 'python'} -m getlib.stages.interim params.yaml", repo)
     summary = json.loads((results / "interim.json").read_text())
-    assert summary["pending"] == ["vit-p"] and summary["recorded"] == []
+    assert summary["pending"] == ["vit-p"] and summary["recorded"] == ["get-p", "get-p-cond"]   # not evaluated again
+    assert summary["evaluated"] == []
     assert any("settings.lr: recorded" in why and "0.0123" in why for why in summary["stale"]["vit-p"])
 
     # a record its run no longer reproduces: interim stops and names the student and the field
     record = json.loads((results / "runs/get-p.json").read_text())
     record["rows"]["comparison"][0]["fid"] += 1
     (results / "runs/get-p.json").write_text(json.dumps(record))
-    out = run(f"{BIN / 'python'} -m getlib.stages.interim params.yaml", repo, check=False)
+    out = run(f"{BIN / 'python'} -m getlib.stages.interim params.yaml --recheck", repo, check=False)
     assert out.returncode != 0 and "get-p: its run, evaluated again, does not reproduce" in out.stderr
     assert "comparison row 0: fid" in out.stderr
+    assert json.loads((results / "runs/get-p.json").read_text()) == record   # left as it was, for a look
 
 
 # ------------------------------------------------------------------------------------------------

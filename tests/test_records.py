@@ -1,5 +1,12 @@
 """A student's evaluation record (getlib.records): what makes two evaluations of one run differ."""
-from getlib.records import TABLES, score_differences
+import json
+import shutil
+
+import pytest
+
+from getlib.config import load_params
+from getlib.records import TABLES, read_record, record_path, record_problems, score_differences
+from conftest import ROOT
 
 
 def _rows(fid=20.0, images_per_s=900.0):
@@ -19,3 +26,15 @@ def test_a_changed_score_or_a_missing_row_is_named():
     fewer = _rows()
     fewer["training"] = []
     assert score_differences(_rows(), fewer) == ["training: 1 recorded rows, 0 now"]
+
+
+def test_a_record_must_be_the_students_and_is_stale_without_its_pair_set(tmp_path):
+    shutil.copy(ROOT / "profiles" / "smoke.yaml", tmp_path / "params.yaml")
+    p = load_params(tmp_path / "params.yaml", root=tmp_path)
+    record = {"student": "vit-p", "run": {"settings": {}}, "evaluation": {}, "rows": _rows()}
+    record_path(p, "get-p").parent.mkdir(parents=True)
+    record_path(p, "get-p").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="the record of student 'vit-p', not of 'get-p'"):
+        read_record(p, "get-p")
+    problems = record_problems(p, "vit-p", record)   # no pairs made in tmp_path
+    assert len(problems) == 1 and "manifest.json is not here" in problems[0]

@@ -13,13 +13,13 @@ from getlib.evaluate import compare, decoding_rule, deq_analysis, sample_student
 from getlib.io import atomic_write_json, write_results
 from getlib.metrics import score_images
 from getlib.models import GET, load_student
-from getlib.records import TABLES, write_record
+from getlib.records import TABLES, record_path, score_differences, write_record
 from getlib.settings import recipe_of
 from getlib.stages.data import load_data
 from getlib.stages.features import feature_space
 
 
-def evaluate(p: Params, recorded: dict[str, dict] | None = None) -> dict:
+def evaluate(p: Params, recorded: dict[str, dict] | None = None, expected: dict[str, dict] | None = None) -> dict:
     """results/<profile>/evaluation/:
     - comparison: real held-out floor, teacher, every student (FID/KID mean and spread over seeds,
       NFE, params, FLOPs per sample, images/s, training cost);
@@ -29,14 +29,17 @@ def evaluate(p: Params, recorded: dict[str, dict] | None = None) -> dict:
     - training: FID of each student's EMA snapshots against training step.
     Each student's rows are also written to its record, results/<profile>/runs/<student>.json
     (`getlib.records`). `recorded` ({student: record}, for students whose run is not here) supplies
-    rows from committed records instead: `getlib.stages.interim` passes the current ones."""
-    recorded = recorded or {}
+    rows from committed records instead: `getlib.stages.interim` passes the current ones. A student
+    in `expected` ({student: record}) is evaluated and must reproduce that record's rows (all but the
+    clock-measured fields), else a ValueError names the differences and nothing is written."""
+    recorded, expected = recorded or {}, expected or {}
     ds = load_data(p)
     space = feature_space(p)
     reference = np.load(p.work("features", "reference.npy"))
     device = device_of(p.evaluate.device)
     e = p.evaluate
     tables = {name: [] for name in TABLES}
+    fresh = {}   # the rows of the students evaluated here: their records are written once all agree
     folder = p.work("evaluate")
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
@@ -59,11 +62,16 @@ def evaluate(p: Params, recorded: dict[str, dict] | None = None) -> dict:
                     rows = recorded[key]["rows"]
                 else:
                     rows = student_rows(p, key, reference, space, tmp / condition / key, device)
-                    write_record(p, key, rows)
+                    if key in expected and (differences := score_differences(expected[key]["rows"], rows)):
+                        raise ValueError(f"{key}: its run, evaluated again, does not reproduce "
+                                         f"{record_path(p, key)}: " + "; ".join(differences[:5]))
+                    fresh[key] = rows
                 for name in TABLES:
-                    tables[name] += rows[name]
+                    tables[name] += rows.get(name, [])
     note = (f"FID/KID in the {space.name} feature space, {e.num_samples} images per source against {len(reference)} "
             f"reference images; generated sources: mean and spread over {e.seeds} disjoint seed ranges.")
+    for key, rows in fresh.items():
+        write_record(p, key, rows)
     out = p.results("evaluation")
     p.results("interim.json").unlink(missing_ok=True)   # a complete evaluation supersedes an interim one
     write_results(tables["comparison"], out, "comparison", "One-step students against the teacher", note)

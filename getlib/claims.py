@@ -137,14 +137,9 @@ def _condition_rows(groups, curve, iterations, fixed_point) -> list[dict]:
     rows = [_row("GET beats a ViT of matched parameters (one step), at equal steps", paper,
                  "best GET arm against the best ViT arm of 0.8-1.25x its parameters, over the same learning rates",
                  get, vit)]
-    if get and vit and curve:   # at equal training compute: the snapshot curves at the smaller total budget
-        pflops = lambda r, step: r["train_pflops"] * step / r["train_steps"]  # noqa: E731
-        budget = min(first[get[0]]["train_pflops"], first[vit[0]]["train_pflops"])
-        g, v = (_curve_stats(curve, groups[k], pflops, budget) for k in (get[0], vit[0]))
-        where = f"{budget:.3g} training PFLOPs"
-        rows.append(_row("GET beats a ViT of matched parameters, at equal training FLOPs", paper,
-                         f"the same arms at {where} (EMA-snapshot FIDs, first seed range)",
-                         (get[0], g, where) if g else None, (vit[0], v, where) if v else None))
+    if get and vit and curve:
+        rows.append(_equal_flops_row("GET beats a ViT of matched parameters, at equal training FLOPs", paper,
+                                     groups, curve, get, vit))
     if get:   # at equal sampling cost: the ViT nearest GET in FLOPs per sample
         gflops = lambda k: first[k]["gflops_per_sample"]  # noqa: E731
         vits = [k for k in groups if _plain(k) and k.model.startswith("ViT")]
@@ -163,8 +158,19 @@ def _condition_rows(groups, curve, iterations, fixed_point) -> list[dict]:
     rows.append(_data_row(groups, get))
     rows.append(_control_row(groups))
     rows.append(_memory_row(first))
-    rows += _convergence_rows(groups, fixed_point, get, vit, iterations)
+    rows += _convergence_rows(groups, fixed_point, get, vit, iterations, curve)
     return rows
+
+
+def _equal_flops_row(claim: str, paper: str, groups, curve, a, b) -> dict:
+    """Arm a against arm b at equal training compute: their EMA-snapshot curves (first seed range)
+    interpolated at the smaller of their two total budgets."""
+    pflops = lambda r, step: r["train_pflops"] * step / r["train_steps"]  # noqa: E731
+    budget = min(groups[a[0]][0]["train_pflops"], groups[b[0]][0]["train_pflops"])
+    sa, sb = (_curve_stats(curve, groups[k], pflops, budget) for k in (a[0], b[0]))
+    where = f"{budget:.3g} training PFLOPs"
+    return _row(claim, paper, f"the same arms at {where} (EMA-snapshot FIDs, first seed range)",
+                (a[0], sa, where) if sa else None, (b[0], sb, where) if sb else None)
 
 
 def _iteration_rows(get, groups, iterations, claim: str = "More test-time iterations improve FID",
@@ -242,10 +248,10 @@ def _memory_row(first) -> dict:
             "verdict": "holds" if eff < plain else "fails", "basis": "counted", "note": ""}
 
 
-def _convergence_rows(groups, fixed_point, get, vit, iterations) -> list[dict]:
+def _convergence_rows(groups, fixed_point, get, vit, iterations, curve) -> list[dict]:
     """Beyond the paper: do the plain iterates converge (the best GET arm's first run, and the
     state_norm variant's)? Does the bounded map sample as well as the plain one, beat the matched
-    ViT, and gain from more test-time iterations?"""
+    ViT (at equal steps and at equal training FLOPs), and gain from more test-time iterations?"""
     out = []
     normed = _best(groups, lambda k: "state-norm" in str(k.recipe) and not k.num_pairs and not k.shuffle_targets)
     if normed:
@@ -255,6 +261,9 @@ def _convergence_rows(groups, fixed_point, get, vit, iterations) -> list[dict]:
                         "the same recipe and learning rate with and without state_norm", normed, base, kind="matches"))
         out.append(_row("The bounded-map GET beats a ViT of matched parameters, at equal steps", beyond,
                         "the best state_norm arm against the best matched ViT arm", normed, vit))
+        if vit and curve:
+            out.append(_equal_flops_row("The bounded-map GET beats a ViT of matched parameters, at equal training "
+                                        "FLOPs", beyond, groups, curve, normed, vit))
         out += _iteration_rows(normed, groups, iterations, "More test-time iterations improve the bounded map's FID",
                                beyond)
     for arm in (a for a in (get, normed) if a):

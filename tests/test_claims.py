@@ -87,6 +87,13 @@ def test_equal_training_flops_compares_the_curves_at_the_smaller_budget():
     flops = rows["GET beats a ViT of matched parameters, at equal training FLOPs"]
     assert "GET-P/2, truncated, lr 0.002: 40.00" in flops["ours"] and "25.00" in flops["ours"]
     assert flops["verdict"] == "fails (provisional)"
+    # the bounded map against the same ViT, on the same rule
+    comparison.append(run("norm", "GET-P/2", 15.0, recipe="truncated+state-norm"))
+    curve += [{"student": "norm", "step": s, "fid": f} for s, f in ((200, 50.0), (400, 22.0), (800, 15.0))]
+    rows = {r["claim"]: r for r in claims_rows(comparison, curve)}
+    flops = rows["The bounded-map GET beats a ViT of matched parameters, at equal training FLOPs"]
+    assert "truncated+state-norm, lr 0.002: 22.00" in flops["ours"] and "25.00" in flops["ours"]
+    assert flops["verdict"] == "holds (provisional)"   # d = 3 > 2 se = 2 sqrt(2)
 
 
 def test_no_cell_breaks_the_markdown_table():

@@ -36,5 +36,9 @@ def test_a_record_must_be_the_students_and_is_stale_without_its_pair_set(tmp_pat
     record_path(p, "get-p").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="the record of student 'vit-p', not of 'get-p'"):
         read_record(p, "get-p")
+    record_path(p, "get-p").write_text(json.dumps({"student": "get-p", "rows": {}}))
+    with pytest.raises(ValueError, match=r"get-p.json: not a run record \(needs student, run, evaluation"):
+        read_record(p, "get-p")
+    assert read_record(p, "vit-p") is None
     problems = record_problems(p, "vit-p", record)   # no pairs made in tmp_path
     assert len(problems) == 1 and "manifest.json is not here" in problems[0]

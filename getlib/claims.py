@@ -140,26 +140,29 @@ def _condition_rows(groups, curve, iterations, fixed_point) -> list[dict]:
     if get and vit and curve:
         rows.append(_equal_flops_row("GET beats a ViT of matched parameters, at equal training FLOPs", paper,
                                      groups, curve, get, vit))
-    if get:   # at equal sampling cost: the ViT nearest GET in FLOPs per sample
-        gflops = lambda k: first[k]["gflops_per_sample"]  # noqa: E731
-        vits = [k for k in groups if _plain(k) and k.model.startswith("ViT")]
-        near = min(vits, key=lambda k: abs(math.log(gflops(k) / gflops(get[0]))), default=None)
-        other = _best(groups, lambda k: _plain(k) and near is not None and k.model == near.model)
-        rows.append(_row("GET beats a ViT at equal sampling FLOPs", "GET matches a ~5x larger ViT at similar compute",
-                         f"best GET arm ({gflops(get[0]):.3g} GFLOPs/sample) against the best arm of the ViT "
-                         "nearest it in sampling FLOPs" + (f" ({near.model}, {gflops(near):.3g})" if near else ""),
-                         get, other))
+    if get:
+        rows.append(_equal_sampling_row("GET beats a ViT at equal sampling FLOPs", groups, get))
     big = _best(groups, lambda k: _plain(k) and k.model.startswith("ViT") and size(k) >= 3.5)
     rows.append(_row("GET matches a ~5x larger ViT", "GET matches a ~5x larger ViT in FID at similar compute",
                      "best GET arm against the best ViT arm with >= 3.5x its parameters", get, big, kind="matches"))
     rows += _iteration_rows(get, groups, iterations)
     rows.append(_fp_correction_row(groups))
     rows += _compute_rows(groups, curve, get, vit)
-    rows.append(_data_row(groups, get))
+    rows.append(_data_row(groups))
     rows.append(_control_row(groups))
     rows.append(_memory_row(first))
-    rows += _convergence_rows(groups, fixed_point, get, vit, iterations, curve)
+    rows += _convergence_rows(groups, fixed_point, get, vit, big, iterations, curve)
     return rows
+
+
+def _equal_sampling_row(claim: str, groups, arm, paper: str = "GET matches a ~5x larger ViT at similar compute") -> dict:
+    """Arm against the best arm of the ViT nearest it in FLOPs per sample."""
+    gflops = lambda k: groups[k][0]["gflops_per_sample"]  # noqa: E731
+    vits = [k for k in groups if _plain(k) and k.model.startswith("ViT")]
+    near = min(vits, key=lambda k: abs(math.log(gflops(k) / gflops(arm[0]))), default=None)
+    other = _best(groups, lambda k: _plain(k) and near is not None and k.model == near.model)
+    return _row(claim, paper, f"the GET arm ({gflops(arm[0]):.3g} GFLOPs/sample) against the best arm of the ViT "
+                "nearest it in sampling FLOPs" + (f" ({near.model}, {gflops(near):.3g})" if near else ""), arm, other)
 
 
 def _equal_flops_row(claim: str, paper: str, groups, curve, a, b) -> dict:
@@ -220,11 +223,12 @@ def _compute_rows(groups, curve, get, vit) -> list[dict]:
     return out
 
 
-def _data_row(groups, get) -> dict:
-    fewer = _best(groups, lambda k: get is not None and k.num_pairs and not k.shuffle_targets
-                  and k._replace(num_pairs=None) == get[0])
+def _data_row(groups) -> dict:
+    """A GET arm trained on fewer pairs against the same arm on all of them (either map)."""
+    fewer = _best(groups, lambda k: k.model.startswith("GET") and k.num_pairs and not k.shuffle_targets)
+    full = _best(groups, lambda k: fewer is not None and k == fewer[0]._replace(num_pairs=None))
     return _row("More pairs help", "more pairs and longer training help",
-                "best GET arm on all pairs against the same arm on fewer", get, fewer)
+                "a GET arm on all pairs against the same arm on fewer", full, fewer)
 
 
 def _control_row(groups) -> dict:
@@ -248,10 +252,11 @@ def _memory_row(first) -> dict:
             "verdict": "holds" if eff < plain else "fails", "basis": "counted", "note": ""}
 
 
-def _convergence_rows(groups, fixed_point, get, vit, iterations, curve) -> list[dict]:
-    """Beyond the paper: do the plain iterates converge (the best GET arm's first run, and the
+def _convergence_rows(groups, fixed_point, get, vit, big, iterations, curve) -> list[dict]:
+    """Beyond the paper: do the fixed-point iterates converge (the best GET arm's first run, and the
     state_norm variant's)? Does the bounded map sample as well as the plain one, beat the matched
-    ViT (at equal steps and at equal training FLOPs), and gain from more test-time iterations?"""
+    ViT (at equal steps and at equal training FLOPs), match the ~5x larger ViT, and gain from more
+    test-time iterations?"""
     out = []
     normed = _best(groups, lambda k: "state-norm" in str(k.recipe) and not k.num_pairs and not k.shuffle_targets)
     if normed:
@@ -264,6 +269,11 @@ def _convergence_rows(groups, fixed_point, get, vit, iterations, curve) -> list[
         if vit and curve:
             out.append(_equal_flops_row("The bounded-map GET beats a ViT of matched parameters, at equal training "
                                         "FLOPs", beyond, groups, curve, normed, vit))
+        out.append(_equal_sampling_row("The bounded-map GET beats a ViT at equal sampling FLOPs", groups, normed,
+                                       beyond))
+        out.append(_row("The bounded-map GET matches a ~5x larger ViT", beyond,
+                        "the best state_norm arm against the best ViT arm with >= 3.5x its parameters", normed, big,
+                        kind="matches"))
         out += _iteration_rows(normed, groups, iterations, "More test-time iterations improve the bounded map's FID",
                                beyond)
     for arm in (a for a in (get, normed) if a):
@@ -273,7 +283,7 @@ def _convergence_rows(groups, fixed_point, get, vit, iterations, curve) -> list[
             continue
         a, z = trace[0], trace[-1]
         converges = z["rel_residual"] < 0.01 and z["abs_residual"] < 0.1 * a["abs_residual"]
-        out.append({"claim": f"The plain iterates converge ({student})", "paper": "(the DEQ premise: z* = f(z*))",
+        out.append({"claim": f"The fixed-point iterates converge ({student})", "paper": "(the DEQ premise: z* = f(z*))",
                     "compared": f"z_k = f^k(z0), k = {a['iteration']}..{z['iteration']}",
                     "ours": f"‖f(z_k) - z_k‖ {a['abs_residual']:.3g} -> {z['abs_residual']:.3g}, relative "
                             f"{a['rel_residual']:.3g} -> {z['rel_residual']:.3g}, ‖z_k‖ {a['state_norm']:.3g} -> "

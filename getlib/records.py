@@ -18,7 +18,6 @@ which. Training is deterministic for a given machine (and thread count), not acr
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ import torch
 from getlib.config import Params, device_of
 from getlib.io import atomic_write_json, file_sha256, read_json
 from getlib.provenance import PACKAGE, code_fingerprint
-from getlib.train import _provenance, _settings
+from getlib.train import _OUTPUT_NEUTRAL, _jsonable, _provenance, _settings
 
 __all__ = ["TABLES", "machine", "run_identity", "evaluation_identity", "record_path", "write_record", "read_record",
            "record_problems", "score_differences"]
@@ -36,13 +35,6 @@ TABLES = ("comparison", "iterations", "decoding", "fixed_point", "training")
 TIMED = {"images_per_s", "peak_mib"}
 # The glue that turns scores into rows (outside getlib.evaluate's closure): a record holds its sha256.
 ROWS_CODE = ("stages/evaluate.py", "records.py")
-# Settings that do not change a run's weights (the device's type is compared instead of its name).
-NEUTRAL = {"time_budget_s", "num_workers", "progress", "device"}
-
-
-def _plain(obj: object) -> object:
-    """The JSON form (tuples as lists, numbers as JSON reads them back), for comparing with a record."""
-    return json.loads(json.dumps(obj))
 
 
 def machine(device: torch.device) -> str:
@@ -57,14 +49,14 @@ def machine(device: torch.device) -> str:
 def run_identity(p: Params, key: str) -> dict:
     """What student `key`'s weights are a function of, as the profile gives it now."""
     cfg = p.train_config(key)
-    return _plain({"settings": {**_settings(cfg), "world_size": p.nproc(key)}, **_provenance(cfg),
+    return _jsonable({"settings": {**_settings(cfg), "world_size": p.nproc(key)}, **_provenance(cfg),
                    "device": machine(device_of(cfg.device))})
 
 
 def evaluation_identity(p: Params) -> dict:
     """What an evaluation row is a function of besides the run: evaluate params, features, code."""
     features = p.work("features")
-    return _plain({"evaluate": {k: v for k, v in dataclasses.asdict(p.evaluate).items() if k != "device"},
+    return _jsonable({"evaluate": {k: v for k, v in dataclasses.asdict(p.evaluate).items() if k != "device"},
                    "features": {f.name: file_sha256(f) for f in sorted(features.glob("*"))
                                 if f.suffix in (".npy", ".pt")},
                    "code": code_fingerprint("getlib.evaluate"),
@@ -76,9 +68,10 @@ def record_path(p: Params, key: str) -> Path:
     return p.results("runs", f"{key}.json")
 
 
-def write_record(p: Params, key: str, rows: dict[str, list[dict]]) -> None:
+def write_record(p: Params, key: str, rows: dict[str, list[dict]], evaluation: dict | None = None) -> None:
+    """`evaluation`: evaluation_identity(p), when the caller has it already (it hashes the feature net)."""
     atomic_write_json(record_path(p, key), {"student": key, "run": run_identity(p, key),
-                                            "evaluation": evaluation_identity(p),
+                                            "evaluation": evaluation or evaluation_identity(p),
                                             "rows": {name: rows.get(name, []) for name in TABLES}})
 
 
@@ -101,18 +94,19 @@ def _differences(recorded: dict, now: dict, where: str) -> list[str]:
             if recorded.get(k) != now.get(k)]
 
 
-def record_problems(p: Params, key: str, record: dict) -> list[str]:
-    """Why `record` does not stand for student `key` of this profile now; [] when it does."""
-    run, evaluation = record["run"], record["evaluation"]
+def record_problems(p: Params, key: str, record: dict, evaluation: dict | None = None) -> list[str]:
+    """Why `record` does not stand for student `key` of this profile now; [] when it does.
+    `evaluation`: evaluation_identity(p), when the caller has it already."""
+    run = record["run"]
     try:
         now = run_identity(p, key)
     except FileNotFoundError as e:   # the pair set is not here: nothing to compare the record with
         return [f"{e.filename} is not here: make the pair set (its stage) to check this record"]
-    settings = {k: v for k, v in run.get("settings", {}).items() if k not in NEUTRAL}
-    problems = _differences(settings, {k: v for k, v in now["settings"].items() if k not in NEUTRAL}, "settings")
+    shaping = lambda settings: {k: v for k, v in settings.items() if k not in _OUTPUT_NEUTRAL}  # noqa: E731
+    problems = _differences(shaping(run.get("settings", {})), shaping(now["settings"]), "settings")
     problems += _differences({k: v for k, v in run.items() if k != "settings"},
                              {k: v for k, v in now.items() if k != "settings"}, "run")
-    problems += _differences(evaluation, evaluation_identity(p), "evaluation")
+    problems += _differences(record["evaluation"], evaluation or evaluation_identity(p), "evaluation")
     return problems
 
 
@@ -127,7 +121,7 @@ def score_differences(recorded: dict[str, list[dict]], now: dict[str, list[dict]
             problems.append(f"{name}: {len(a)} recorded rows, {len(b)} now")
             continue
         for i, (x, y) in enumerate(zip(a, b)):
-            x, y = ({k: v for k, v in _plain(r).items() if k not in TIMED} for r in (x, y))
+            x, y = ({k: v for k, v in _jsonable(r).items() if k not in TIMED} for r in (x, y))
             if x != y:
                 diff = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
                 problems.append(f"{name} row {i}: " + ", ".join(f"{k} {x.get(k)!r} -> {y.get(k)!r}" for k in diff))

@@ -102,3 +102,18 @@ def test_no_cell_breaks_the_markdown_table():
                     "state_norm": 10.0 * k} for k in (1, 2)]
     for r in claims_rows(comparison, fixed_point=fixed_point):
         assert all("|" not in str(v) for v in r.values()), r
+
+
+def test_data_rows_and_the_larger_vit_also_use_the_bounded_map():
+    norm = "truncated+state-norm"
+    comparison = [run("get", "GET-P/2", 30.0), run("vit", "ViT-P/2", 25.0),
+                  run("vit-u", "ViT-U/2", 18.0, params=420, gflops=3.5),         # 4.2x GET's parameters
+                  run("norm", "GET-P/2", 19.0, recipe=norm), run("norm-2k", "GET-P/2", 26.0, recipe=norm, num_pairs=2000)]
+    rows = {r["claim"]: r for r in claims_rows(comparison)}
+    pairs = rows["More pairs help"]   # the fewer-pairs arm is compared with its own map on all pairs, not 'get'
+    assert pairs["verdict"] == "holds (provisional)" and f"{norm}, lr 0.002: 19.00" in pairs["ours"]
+    assert rows["GET matches a ~5x larger ViT"]["verdict"] == "fails (provisional)"   # 30 against 18
+    bounded = rows["The bounded-map GET matches a ~5x larger ViT"]   # 19 against 18: within 10% bar the noise
+    assert bounded["verdict"] == "inconclusive (provisional)" and "ViT-U/2" in bounded["ours"]
+    near = rows["The bounded-map GET beats a ViT at equal sampling FLOPs"]   # 3.0 GFLOPs: ViT-U/2 (3.5) is nearest
+    assert "(ViT-U/2, 3.5)" in near["compared"] and near["verdict"] == "inconclusive (provisional)"   # d = -1

@@ -13,7 +13,7 @@ from getlib.evaluate import compare, decoding_rule, deq_analysis, sample_student
 from getlib.io import atomic_write_json, write_results
 from getlib.metrics import score_images
 from getlib.models import GET, load_student
-from getlib.records import TABLES, record_path, score_differences, write_record
+from getlib.records import TABLES, evaluation_identity, record_path, score_differences, write_record
 from getlib.settings import recipe_of
 from getlib.stages.data import load_data
 from getlib.stages.features import feature_space
@@ -70,8 +70,9 @@ def evaluate(p: Params, recorded: dict[str, dict] | None = None, expected: dict[
                     tables[name] += rows.get(name, [])
     note = (f"FID/KID in the {space.name} feature space, {e.num_samples} images per source against {len(reference)} "
             f"reference images; generated sources: mean and spread over {e.seeds} disjoint seed ranges.")
+    identity = evaluation_identity(p)
     for key, rows in fresh.items():
-        write_record(p, key, rows)
+        write_record(p, key, rows, identity)
     out = p.results("evaluation")
     p.results("interim.json").unlink(missing_ok=True)   # a complete evaluation supersedes an interim one
     write_results(tables["comparison"], out, "comparison", "One-step students against the teacher", note)

@@ -22,7 +22,7 @@ import dataclasses
 
 from getlib.config import Params, load_params, project_root
 from getlib.io import atomic_write_json
-from getlib.records import read_record, record_problems
+from getlib.records import evaluation_identity, read_record, record_problems
 from getlib.stages.evaluate import evaluate
 from getlib.stages.figures import make_figures
 from getlib.train import resume_problems, run_summary
@@ -43,11 +43,12 @@ def finished_students(p: Params) -> list[str]:
 def interim(p: Params, recheck: bool = False) -> dict:
     done = finished_students(p)
     recorded, stale, before = {}, {}, {}   # before: the current records of runs evaluated here again
+    identity = evaluation_identity(p)
     for key in p.students:
         record = read_record(p, key)
         if record is None:
             continue
-        problems = record_problems(p, key, record)
+        problems = record_problems(p, key, record, identity)
         if problems:
             if key not in done:   # (a finished run here is evaluated again, its record replaced)
                 stale[key] = problems

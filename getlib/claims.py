@@ -15,7 +15,8 @@ from collections import namedtuple
 
 import numpy as np
 
-__all__ = ["VERDICT_RULE", "DECISIVE_SEEDS", "MATCH_MARGIN", "Arm", "arms", "arm_stats", "verdict", "claims_rows"]
+__all__ = ["VERDICT_RULE", "PLATEAU_RULE", "DECISIVE_SEEDS", "MATCH_MARGIN", "Arm", "arms", "arm_stats", "verdict",
+           "claims_rows", "plateau_rows"]
 
 DECISIVE_SEEDS = 3
 MATCH_MARGIN = 0.10   # "A matches B": A's FID within 10% of B's
@@ -26,6 +27,11 @@ VERDICT_RULE = (
     "d > 2 se, fails if d < -2 se, otherwise inconclusive. 'A matches B' (m = 10% of B's FID): holds if "
     "-d + 2 se <= m, fails if -d - 2 se > m, otherwise inconclusive. A verdict resting on fewer than "
     f"{DECISIVE_SEEDS} training seeds per arm is marked (provisional).")
+PLATEAU_RULE = (
+    "An arm has stopped improving when its FID at the last EMA snapshot is within twice the combined "
+    "standard error of its FID at the one before (first seed range; se by the claims' rule): 'flat'; "
+    "'still improving' when it fell by more, 'worse at the end' when it rose by more. Equal-steps "
+    "comparisons of an arm that is still improving understate it.")
 
 Arm = namedtuple("Arm", ["condition", "model", "recipe", "lr", "num_pairs", "shuffle_targets", "batch_size",
                          "train_steps"])
@@ -67,11 +73,15 @@ def verdict(a: dict, b: dict, kind: str = "beats") -> tuple[str, float, float]:
     return word, d, two_se
 
 
-def _label(arm: Arm, s: dict, at: str = "") -> str:
+def _name(arm: Arm) -> str:
     parts = [arm.model] + ([arm.recipe] if arm.recipe not in (None, "-") else []) + [f"lr {arm.lr:g}"]
     parts += [f"{arm.num_pairs} pairs"] if arm.num_pairs else []
     parts += ["re-paired targets"] if arm.shuffle_targets else []
-    return (f"{', '.join(parts)}: {s['fid']:.2f} ± {s['se']:.2f} ({s['n']} training seed{'s' * (s['n'] > 1)}, "
+    return ", ".join(parts)
+
+
+def _label(arm: Arm, s: dict, at: str = "") -> str:
+    return (f"{_name(arm)}: {s['fid']:.2f} ± {s['se']:.2f} ({s['n']} training seed{'s' * (s['n'] > 1)}, "
             f"{at or f'{arm.train_steps} steps'})")
 
 
@@ -291,3 +301,22 @@ def _convergence_rows(groups, fixed_point, get, vit, big, iterations, curve) -> 
                     "difference": "", "verdict": "holds" if converges else "fails",
                     "basis": "rule: relative residual < 0.01 and absolute residual down 10x", "note": ""})
     return out
+
+
+def plateau_rows(comparison: list[dict], curve: list[dict]) -> list[dict]:
+    """Did each arm stop improving by the end of its run (PLATEAU_RULE)? One row per arm with EMA
+    snapshots: its FID at the last two snapshots and the verdict."""
+    rows = []
+    for arm, runs in arms(comparison).items():
+        steps = sorted({c["step"] for c in curve if c["student"] == runs[0]["source"]})
+        if len(steps) < 2:
+            continue
+        before, last = (_curve_stats(curve, runs, lambda r, step: step, s) for s in steps[-2:])
+        if before is None or last is None:
+            continue
+        word, drop, two_se = verdict(last, before)
+        rows.append({"arm": _name(arm), "condition": arm.condition,
+                     "training_seeds": len(runs), "step_before": steps[-2], "fid_before": before["fid"],
+                     "step_last": steps[-1], "fid_last": last["fid"], "drop": drop, "two_se": two_se,
+                     "trained_out": {"holds": "still improving", "fails": "worse at the end"}.get(word.split()[0], "flat")})
+    return rows

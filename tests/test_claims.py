@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from getlib.claims import arm_stats, arms, claims_rows, verdict
+from getlib.claims import arm_stats, arms, claims_rows, plateau_rows, verdict
 
 
 def run(source, model, fid, seed=0, recipe="truncated", lr=2e-3, num_pairs=None, shuffled=False, fid_std=1.0,
@@ -117,3 +117,16 @@ def test_data_rows_and_the_larger_vit_also_use_the_bounded_map():
     assert bounded["verdict"] == "inconclusive (provisional)" and "ViT-U/2" in bounded["ours"]
     near = rows["The bounded-map GET beats a ViT at equal sampling FLOPs"]   # 3.0 GFLOPs: ViT-U/2 (3.5) is nearest
     assert "(ViT-U/2, 3.5)" in near["compared"] and near["verdict"] == "inconclusive (provisional)"   # d = -1
+
+
+def test_plateau_rows_say_which_arms_were_still_improving():
+    comparison = [run(f"get-s{s}", "GET-P/2", 20.0, seed=s) for s in range(3)] + [run("vit", "ViT-P/2", 25.0)]
+    curve = [{"student": f"get-s{s}", "step": step, "fid": f + s * 0.1}
+             for s in range(3) for step, f in ((400, 40.0), (800, 20.0))]
+    curve += [{"student": "vit", "step": step, "fid": f} for step, f in ((400, 25.5), (800, 25.0))]
+    rows = {r["arm"]: r for r in plateau_rows(comparison, curve)}
+    get, vit = rows["GET-P/2, truncated, lr 0.002"], rows["ViT-P/2, lr 0.002"]
+    assert get["trained_out"] == "still improving" and get["drop"] == pytest.approx(20.0) and get["training_seeds"] == 3
+    assert vit["trained_out"] == "flat" and (vit["step_before"], vit["step_last"]) == (400, 800)   # 0.5 < 2 sqrt(2)
+    curve += [{"student": "vit", "step": 1200, "fid": 40.0}]   # the ViT's run has a later snapshot: it got worse
+    assert {r["arm"]: r for r in plateau_rows(comparison, curve)}["ViT-P/2, lr 0.002"]["trained_out"] == "worse at the end"

@@ -10,7 +10,7 @@ from getlib.checkpoints import load_teacher_of
 from getlib.config import Params, device_of
 from getlib.edm import edm_sampler, latents_for_seeds, sample_teacher, seeds_by_class
 from getlib.evaluate import sample_student
-from getlib.claims import VERDICT_RULE, claims_rows
+from getlib.claims import PLATEAU_RULE, VERDICT_RULE, claims_rows, plateau_rows
 from getlib.figures import (bar_panels, benchmark_rows, fixed_point_plot, get_vs_vit_rows, image_rows, iterations_plot,
                             line_plot, one_step_rows, sample_panels, scatter_plot, slerp)
 from getlib.io import read_csv, read_json, write_results
@@ -53,7 +53,12 @@ def tables(p: Params, comparison: list[dict]) -> list[Path]:
     evaluation = {name: read_json(p.results("evaluation", f"{name}.json")) for name in ("training", "iterations", "fixed_point")}
     write_results(claims_rows(comparison, evaluation["training"], evaluation["iterations"], evaluation["fixed_point"]),
                   folder, "claims", "The paper's claims against this profile's runs", VERDICT_RULE + " " + note)
-    return [folder / f"{name}.md" for name in ("one_step", "get_vs_vit", "benchmarks", "claims")]
+    names = ["one_step", "get_vs_vit", "benchmarks", "claims"]
+    if plateaus := plateau_rows(comparison, evaluation["training"]):
+        write_results(plateaus, folder, "plateaus", "Did each arm stop improving? Its FID at its last two EMA snapshots",
+                      PLATEAU_RULE + " " + note)
+        names.append("plateaus")
+    return [folder / f"{name}.md" for name in names]
 
 
 def sample_figures(p: Params) -> list[Path]:

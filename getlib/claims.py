@@ -28,10 +28,12 @@ VERDICT_RULE = (
     "-d + 2 se <= m, fails if -d - 2 se > m, otherwise inconclusive. A verdict resting on fewer than "
     f"{DECISIVE_SEEDS} training seeds per arm is marked (provisional).")
 PLATEAU_RULE = (
-    "An arm has stopped improving when its FID at the last EMA snapshot is within twice the combined "
-    "standard error of its FID at the one before (first seed range; se by the claims' rule): 'flat'; "
-    "'still improving' when it fell by more, 'worse at the end' when it rose by more. Equal-steps "
-    "comparisons of an arm that is still improving understate it.")
+    "Each run's drop in FID from its second-to-last to its last EMA snapshot (first seed range, the same "
+    "latents at both); an arm's drop is the mean over its training seeds and se = their std / sqrt(n) "
+    "(paired, so the sampling noise shared by the two snapshots cancels). 'still improving' if the drop "
+    "exceeds 2 se, 'worse at the end' if it is below -2 se, otherwise 'no detectable change'; with one "
+    f"training seed there is no se and no verdict; fewer than {DECISIVE_SEEDS} seeds: (provisional). "
+    "Equal-steps comparisons of an arm that is still improving understate it.")
 
 Arm = namedtuple("Arm", ["condition", "model", "recipe", "lr", "num_pairs", "shuffle_targets", "batch_size",
                          "train_steps"])
@@ -153,8 +155,8 @@ def _condition_rows(groups, curve, iterations, fixed_point) -> list[dict]:
     if get:
         rows.append(_equal_sampling_row("GET beats a ViT at equal sampling FLOPs", groups, get))
     big = _best(groups, lambda k: _plain(k) and k.model.startswith("ViT") and size(k) >= 3.5)
-    rows.append(_row("GET matches a ~5x larger ViT", "GET matches a ~5x larger ViT in FID at similar compute",
-                     "best GET arm against the best ViT arm with >= 3.5x its parameters", get, big, kind="matches"))
+    rows.append(_larger_vit_row("GET matches a ~5x larger ViT", "GET matches a ~5x larger ViT in FID at similar compute",
+                                "best GET arm", groups, get, big))
     rows += _iteration_rows(get, groups, iterations)
     rows.append(_fp_correction_row(groups))
     rows += _compute_rows(groups, curve, get, vit)
@@ -165,14 +167,29 @@ def _condition_rows(groups, curve, iterations, fixed_point) -> list[dict]:
     return rows
 
 
+def _nearest_vit(groups, arm) -> Arm | None:
+    """The arm of a ViT (all pairs, real targets) nearest `arm` in FLOPs per sample."""
+    gflops = lambda k: groups[k][0]["gflops_per_sample"]  # noqa: E731
+    vits = [k for k in groups if _plain(k) and k.model.startswith("ViT")]
+    return min(vits, key=lambda k: abs(math.log(gflops(k) / gflops(arm[0]))), default=None)
+
+
 def _equal_sampling_row(claim: str, groups, arm, paper: str = "GET matches a ~5x larger ViT at similar compute") -> dict:
     """Arm against the best arm of the ViT nearest it in FLOPs per sample."""
     gflops = lambda k: groups[k][0]["gflops_per_sample"]  # noqa: E731
-    vits = [k for k in groups if _plain(k) and k.model.startswith("ViT")]
-    near = min(vits, key=lambda k: abs(math.log(gflops(k) / gflops(arm[0]))), default=None)
+    near = _nearest_vit(groups, arm)
     other = _best(groups, lambda k: _plain(k) and near is not None and k.model == near.model)
     return _row(claim, paper, f"the GET arm ({gflops(arm[0]):.3g} GFLOPs/sample) against the best arm of the ViT "
                 "nearest it in sampling FLOPs" + (f" ({near.model}, {gflops(near):.3g})" if near else ""), arm, other)
+
+
+def _larger_vit_row(claim: str, paper: str, which: str, groups, arm, big) -> dict:
+    """Arm against the best arm of a ViT with >= 3.5x its parameters ('matches')."""
+    near = _nearest_vit(groups, arm) if arm else None
+    note = ("the same ViT as the equal-sampling-FLOPs row: one comparison, not two pieces of evidence"
+            if big and near and near.model == big[0].model else "")
+    return _row(claim, paper, f"{which} against the best ViT arm with >= 3.5x its parameters", arm, big,
+                kind="matches", note=note)
 
 
 def _equal_flops_row(claim: str, paper: str, groups, curve, a, b) -> dict:
@@ -235,7 +252,8 @@ def _compute_rows(groups, curve, get, vit) -> list[dict]:
 
 def _data_row(groups) -> dict:
     """A GET arm trained on fewer pairs against the same arm on all of them (either map)."""
-    fewer = _best(groups, lambda k: k.model.startswith("GET") and k.num_pairs and not k.shuffle_targets)
+    fewer = _best(groups, lambda k: k.model.startswith("GET") and k.num_pairs and not k.shuffle_targets
+                  and k._replace(num_pairs=None) in groups)
     full = _best(groups, lambda k: fewer is not None and k == fewer[0]._replace(num_pairs=None))
     return _row("More pairs help", "more pairs and longer training help",
                 "a GET arm on all pairs against the same arm on fewer", full, fewer)
@@ -281,9 +299,8 @@ def _convergence_rows(groups, fixed_point, get, vit, big, iterations, curve) -> 
                                         "FLOPs", beyond, groups, curve, normed, vit))
         out.append(_equal_sampling_row("The bounded-map GET beats a ViT at equal sampling FLOPs", groups, normed,
                                        beyond))
-        out.append(_row("The bounded-map GET matches a ~5x larger ViT", beyond,
-                        "the best state_norm arm against the best ViT arm with >= 3.5x its parameters", normed, big,
-                        kind="matches"))
+        out.append(_larger_vit_row("The bounded-map GET matches a ~5x larger ViT", beyond, "the best state_norm arm",
+                                   groups, normed, big))
         out += _iteration_rows(normed, groups, iterations, "More test-time iterations improve the bounded map's FID",
                                beyond)
     for arm in (a for a in (get, normed) if a):
@@ -304,19 +321,24 @@ def _convergence_rows(groups, fixed_point, get, vit, big, iterations, curve) -> 
 
 
 def plateau_rows(comparison: list[dict], curve: list[dict]) -> list[dict]:
-    """Did each arm stop improving by the end of its run (PLATEAU_RULE)? One row per arm with EMA
-    snapshots: its FID at the last two snapshots and the verdict."""
+    """Did each arm's FID still fall at the end of its runs (PLATEAU_RULE)? One row per arm whose
+    runs have EMA snapshots: the mean FID at its last two snapshots, the paired drop and the verdict."""
     rows = []
     for arm, runs in arms(comparison).items():
-        steps = sorted({c["step"] for c in curve if c["student"] == runs[0]["source"]})
-        if len(steps) < 2:
+        steps = sorted({c["step"] for c in curve if c["student"] == runs[0]["source"]})[-2:]
+        fid = {(c["student"], c["step"]): c["fid"] for c in curve}
+        pairs = [(fid[r["source"], steps[0]], fid[r["source"], steps[1]]) for r in runs
+                 if len(steps) == 2 and all((r["source"], s) in fid for s in steps)]
+        if not pairs:
             continue
-        before, last = (_curve_stats(curve, runs, lambda r, step: step, s) for s in steps[-2:])
-        if before is None or last is None:
-            continue
-        word, drop, two_se = verdict(last, before)
-        rows.append({"arm": _name(arm), "condition": arm.condition,
-                     "training_seeds": len(runs), "step_before": steps[-2], "fid_before": before["fid"],
-                     "step_last": steps[-1], "fid_last": last["fid"], "drop": drop, "two_se": two_se,
-                     "trained_out": {"holds": "still improving", "fails": "worse at the end"}.get(word.split()[0], "flat")})
+        drops = np.array([a - b for a, b in pairs])
+        two_se = 2 * float(drops.std(ddof=1) / math.sqrt(len(drops))) if len(drops) >= 2 else None
+        word = ("one training seed: no verdict" if two_se is None else "still improving" if drops.mean() > two_se
+                else "worse at the end" if drops.mean() < -two_se else "no detectable change")
+        if two_se is not None and len(drops) < DECISIVE_SEEDS:
+            word += " (provisional)"
+        rows.append({"arm": _name(arm), "condition": arm.condition, "training_seeds": len(pairs),
+                     "step_before": steps[0], "fid_before": float(np.mean([a for a, _ in pairs])),
+                     "step_last": steps[1], "fid_last": float(np.mean([b for _, b in pairs])),
+                     "drop": float(drops.mean()), "two_se": two_se, "trained_out": word})
     return rows

@@ -115,18 +115,38 @@ def test_data_rows_and_the_larger_vit_also_use_the_bounded_map():
     assert rows["GET matches a ~5x larger ViT"]["verdict"] == "fails (provisional)"   # 30 against 18
     bounded = rows["The bounded-map GET matches a ~5x larger ViT"]   # 19 against 18: within 10% bar the noise
     assert bounded["verdict"] == "inconclusive (provisional)" and "ViT-U/2" in bounded["ours"]
+    assert "one comparison, not two" in bounded["note"]   # ViT-U/2 is also the ViT nearest in sampling FLOPs
     near = rows["The bounded-map GET beats a ViT at equal sampling FLOPs"]   # 3.0 GFLOPs: ViT-U/2 (3.5) is nearest
     assert "(ViT-U/2, 3.5)" in near["compared"] and near["verdict"] == "inconclusive (provisional)"   # d = -1
 
 
-def test_plateau_rows_say_which_arms_were_still_improving():
-    comparison = [run(f"get-s{s}", "GET-P/2", 20.0, seed=s) for s in range(3)] + [run("vit", "ViT-P/2", 25.0)]
-    curve = [{"student": f"get-s{s}", "step": step, "fid": f + s * 0.1}
-             for s in range(3) for step, f in ((400, 40.0), (800, 20.0))]
-    curve += [{"student": "vit", "step": step, "fid": f} for step, f in ((400, 25.5), (800, 25.0))]
+def test_plateau_rows_pair_each_run_with_itself():
+    comparison = [run(f"get-s{s}", "GET-P/2", 20.0, seed=s) for s in range(3)]
+    comparison += [run(f"vit-s{s}", "ViT-P/2", 25.0, seed=s) for s in range(2)] + [run("u", "ViT-U/2", 24.0)]
+    # GET: the seeds sit 10 FID apart but each falls by 1.0 +- 0.1: paired, that is a clear fall
+    curve = [{"student": f"get-s{s}", "step": step, "fid": 20.0 + 10 * s + f}
+             for s, d in enumerate((0.9, 1.0, 1.1)) for step, f in ((400, 5.0), (800, 5.0 + d), (1200, 5.0))]
+    curve += [{"student": f"vit-s{s}", "step": step, "fid": f}   # drops 0.5 and -0.5: no detectable change
+              for s, (a, b) in enumerate(((25.5, 25.0), (25.0, 25.5))) for step, f in ((400, a), (800, b))]
+    curve += [{"student": "u", "step": step, "fid": f} for step, f in ((400, 30.0), (800, 20.0))]
     rows = {r["arm"]: r for r in plateau_rows(comparison, curve)}
-    get, vit = rows["GET-P/2, truncated, lr 0.002"], rows["ViT-P/2, lr 0.002"]
-    assert get["trained_out"] == "still improving" and get["drop"] == pytest.approx(20.0) and get["training_seeds"] == 3
-    assert vit["trained_out"] == "flat" and (vit["step_before"], vit["step_last"]) == (400, 800)   # 0.5 < 2 sqrt(2)
-    curve += [{"student": "vit", "step": 1200, "fid": 40.0}]   # the ViT's run has a later snapshot: it got worse
-    assert {r["arm"]: r for r in plateau_rows(comparison, curve)}["ViT-P/2, lr 0.002"]["trained_out"] == "worse at the end"
+    get, vit, u = rows["GET-P/2, truncated, lr 0.002"], rows["ViT-P/2, lr 0.002"], rows["ViT-U/2, lr 0.002"]
+    assert (get["step_before"], get["step_last"]) == (800, 1200) and get["training_seeds"] == 3
+    assert get["drop"] == pytest.approx(1.0) and get["two_se"] == pytest.approx(2 * 0.1 / math.sqrt(3))
+    assert get["trained_out"] == "still improving"   # unpaired, the 10-FID spread between seeds would hide it
+    assert vit["drop"] == pytest.approx(0.0) and vit["trained_out"] == "no detectable change (provisional)"
+    assert u["two_se"] is None and u["trained_out"] == "one training seed: no verdict"   # a 10-FID fall, untested
+    worse = [{**c, "fid": c["fid"] + (3.0 if c["step"] == 1200 else 0.0)} for c in curve]
+    assert {r["arm"]: r for r in plateau_rows(comparison, worse)}["GET-P/2, truncated, lr 0.002"]["trained_out"] == \
+        "worse at the end"
+    assert plateau_rows(comparison, []) == []   # no snapshots: no rows
+
+
+def test_more_pairs_pairs_a_control_with_its_own_arm():
+    norm = "truncated+state-norm"
+    comparison = [run("get", "GET-P/2", 30.0), run("get-2k", "GET-P/2", 20.0, num_pairs=2000),   # no full-pairs twin
+                  run("norm", "GET-P/2", 19.0, recipe=norm, lr=1e-3),
+                  run("norm-2k", "GET-P/2", 26.0, recipe=norm, lr=1e-3, num_pairs=2000)]
+    comparison[0]["lr"] = 4e-3   # 'get' is not get-2k's arm on all pairs
+    row = {r["claim"]: r for r in claims_rows(comparison)}["More pairs help"]
+    assert "lr 0.001: 19.00" in row["ours"] and "2000 pairs: 26.00" in row["ours"]

@@ -55,9 +55,12 @@ def tables(p: Params, comparison: list[dict]) -> list[Path]:
                   folder, "claims", "The paper's claims against this profile's runs", VERDICT_RULE + " " + note)
     names = ["one_step", "get_vs_vit", "benchmarks", "claims"]
     if plateaus := plateau_rows(comparison, evaluation["training"]):
-        write_results(plateaus, folder, "plateaus", "Did each arm stop improving? Its FID at its last two EMA snapshots",
+        write_results(plateaus, folder, "plateaus", "Was each arm's FID still falling at the end of its runs?",
                       PLATEAU_RULE + " " + note)
         names.append("plateaus")
+    else:   # (an earlier evaluation's table would describe runs this one does not have)
+        for old in folder.glob("plateaus.*"):
+            old.unlink()
     return [folder / f"{name}.md" for name in names]
 
 

@@ -124,21 +124,22 @@ def _curve_stats(curve: list[dict], runs: list[dict], x_of_step, x: float) -> di
 
 
 def claims_rows(comparison: list[dict], curve: list[dict] = (), iterations: list[dict] = (),
-                fixed_point: list[dict] = ()) -> list[dict]:
+                fixed_point: list[dict] = (), decoding: list[dict] = ()) -> list[dict]:
     """One row per claim and condition, from the evaluation's comparison, training-curve,
-    iteration-sweep and fixed-point tables (`getlib.stages.evaluate`). Control runs (fewer pairs,
-    re-paired targets) and the state_norm variant never stand for their family."""
+    iteration-sweep, fixed-point and decoding-rule tables (`getlib.stages.evaluate`). Control runs
+    (fewer pairs, re-paired targets) and the state_norm variant never stand for their family."""
     groups = arms(comparison)
     conditions = list(dict.fromkeys(k.condition for k in groups if k.model.startswith("GET")))
     rows = []
     for condition in conditions:
         tag = f" ({condition})" if len(conditions) > 1 else ""
         mine = {k: v for k, v in groups.items() if k.condition == condition}
-        rows += [{**r, "claim": r["claim"] + tag} for r in _condition_rows(mine, curve, iterations, fixed_point)]
+        rows += [{**r, "claim": r["claim"] + tag} for r in _condition_rows(mine, curve, iterations, fixed_point,
+                                                                                    decoding)]
     return rows
 
 
-def _condition_rows(groups, curve, iterations, fixed_point) -> list[dict]:
+def _condition_rows(groups, curve, iterations, fixed_point, decoding) -> list[dict]:
     first = {k: v[0] for k, v in groups.items()}
     get = _best(groups, lambda k: _plain(k) and k.model.startswith("GET"))
     sized = get or _best(groups, lambda k: k.model.startswith("GET") and not k.num_pairs   # e.g. only a
@@ -148,7 +149,7 @@ def _condition_rows(groups, curve, iterations, fixed_point) -> list[dict]:
     paper = "GET is more parameter-efficient than ViT at one step"
     rows = [_row("GET beats a ViT of matched parameters (one step), at equal steps", paper,
                  "best GET arm against the best ViT arm of 0.8-1.25x its parameters, over the same learning rates",
-                 get, vit)]
+                 get, vit, note=_last_iterate_note(groups, decoding, get, vit))]
     if get and vit and curve:
         rows.append(_equal_flops_row("GET beats a ViT of matched parameters, at equal training FLOPs", paper,
                                      groups, curve, get, vit))
@@ -158,7 +159,7 @@ def _condition_rows(groups, curve, iterations, fixed_point) -> list[dict]:
     rows.append(_larger_vit_row("GET matches a ~5x larger ViT", "GET matches a ~5x larger ViT in FID at similar compute",
                                 "best GET arm", groups, get, big))
     rows += _iteration_rows(get, groups, iterations)
-    rows.append(_fp_correction_row(groups))
+    rows.append(_fp_correction_row(groups, decoding))
     rows += _compute_rows(groups, curve, get, vit)
     rows.append(_data_row(groups))
     rows.append(_control_row(groups))
@@ -224,12 +225,35 @@ def _iteration_rows(get, groups, iterations, claim: str = "More test-time iterat
     return out or [_row(claim, paper, "the sweep lacks the training count or more", None, None)]
 
 
-def _fp_correction_row(groups) -> dict:
+def _fp_correction_row(groups, decoding) -> dict:
     last = _best(groups, lambda k: k.recipe == "bptt-last" and _plain(k))
     paper_arm = _best(groups, lambda k: last is not None and k.recipe == "paper" and k._replace(recipe="bptt-last") == last[0])
     return _row("Loss on all states (fixed-point correction) beats the last state only",
                 "the released recipe supervises all 6 unrolled states (weights 0.8^(5-k))",
-                "recipe paper against bptt-last, all else equal", paper_arm, last)
+                "recipe paper against bptt-last, all else equal", paper_arm, last,
+                note=_last_iterate_note(groups, decoding, paper_arm, last))
+
+
+def _last_iterate_note(groups, decoding, a, b) -> str:
+    """The same comparison with every GET run decoded at its last iterate (the decoding table), when
+    a GET arm among a, b samples by another rule: the rule can decide a verdict on its own."""
+    if a is None or b is None or not decoding:
+        return ""
+    def last(arm):   # noqa: E306
+        runs = groups[arm[0]]
+        if not arm[0].model.startswith("GET"):
+            return arm[1]
+        fids = [{**r, "fid": d["fid"], "fid_std": d["fid_std"]} for r in runs for d in decoding
+                if d["student"] == r["source"] and d["rule"] == "last"]
+        return arm_stats(fids) if len(fids) == len(runs) else None
+    if all(not k[0].model.startswith("GET") or groups[k[0]][0].get("rule") == "last" for k in (a, b)):
+        return ""   # (already the rule of the comparison)
+    sa, sb = last(a), last(b)
+    if sa is None or sb is None:
+        return ""
+    word, d, two_se = verdict(sa, sb)
+    return (f"decoded at the last iterate instead: {sa['fid']:.2f} ± {sa['se']:.2f} against {sb['fid']:.2f} ± "
+            f"{sb['se']:.2f}, {d:+.2f} (2 se {two_se:.2f}): {word}")
 
 
 def _compute_rows(groups, curve, get, vit) -> list[dict]:

@@ -150,3 +150,18 @@ def test_more_pairs_pairs_a_control_with_its_own_arm():
     comparison[0]["lr"] = 4e-3   # 'get' is not get-2k's arm on all pairs
     row = {r["claim"]: r for r in claims_rows(comparison)}["More pairs help"]
     assert "lr 0.001: 19.00" in row["ours"] and "2000 pairs: 26.00" in row["ours"]
+
+
+def test_a_comparison_is_repeated_at_the_last_iterate_when_the_rule_could_decide_it():
+    comparison = [{**run(f"paper-s{s}", "GET-P/2", 30.0 + s, seed=s, recipe="paper"), "rule": "abs"} for s in range(3)]
+    comparison += [{**run("last", "GET-P/2", 160.0, recipe="bptt-last"), "rule": "abs"}]
+    comparison += [run(f"vit-s{s}", "ViT-P/2", 24.0 + s, seed=s) for s in range(3)]
+    decoding = [{"student": r["source"], "rule": "last", "fid": f, "fid_std": 1.0}
+                for r, f in zip(comparison[:4], (20.0, 21.0, 22.0, 21.0))]
+    rows = {r["claim"]: r for r in claims_rows(comparison, decoding=decoding)}
+    fp = rows["Loss on all states (fixed-point correction) beats the last state only"]
+    assert fp["verdict"] == "holds (provisional)"   # 31 against 160 under the paper's rule ...
+    assert "21.00 ± 0.58 against 21.00 ± 0.50" in fp["note"] and fp["note"].endswith("inconclusive (provisional)")  # ... not at the last
+    vs = rows["GET beats a ViT of matched parameters (one step), at equal steps"]
+    assert vs["verdict"] == "fails" and vs["note"].endswith(": holds")   # 21 +- 0.58 against 25 +- 0.58
+    assert claims_rows(comparison)[0]["note"] == ""   # no decoding table: no note

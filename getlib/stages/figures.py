@@ -50,8 +50,10 @@ def tables(p: Params, comparison: list[dict]) -> list[Path]:
                   "Same machine, same run. Training memory: activations autograd keeps for backward in one step "
                   "(per image), plain against the DEQ's memory-efficient (checkpointed) mode. Pair storage: "
                   "ours (latents regenerated from seeds) against the authors' released format.")
-    evaluation = {name: read_json(p.results("evaluation", f"{name}.json")) for name in ("training", "iterations", "fixed_point")}
-    write_results(claims_rows(comparison, evaluation["training"], evaluation["iterations"], evaluation["fixed_point"]),
+    evaluation = {name: read_json(path) if (path := p.results("evaluation", f"{name}.json")).is_file() else []
+                  for name in ("training", "iterations", "fixed_point", "decoding")}   # (written when rows exist)
+    write_results(claims_rows(comparison, evaluation["training"], evaluation["iterations"], evaluation["fixed_point"],
+                              evaluation["decoding"]),
                   folder, "claims", "The paper's claims against this profile's runs", VERDICT_RULE + " " + note)
     names = ["one_step", "get_vs_vit", "benchmarks", "claims"]
     if plateaus := plateau_rows(comparison, evaluation["training"]):

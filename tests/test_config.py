@@ -42,9 +42,11 @@ def test_the_claims_profile_gives_both_families_the_same_learning_rates():
     grid = {}
     for key in p.students:
         cfg = p.train_config(key)
-        if not cfg.num_pairs and not cfg.shuffle_targets and not cfg.deq.get("state_norm"):
-            grid.setdefault((cfg.model, cfg.deq.get("recipe")), set()).add(cfg.lr)
-    assert grid[("ViT-P/2", None)] == grid[("GET-P/2", "truncated")] == grid[("GET-P/2", "paper")] == {1e-3, 2e-3, 4e-3}
+        if not cfg.num_pairs and not cfg.shuffle_targets:
+            grid.setdefault((cfg.model, cfg.deq.get("recipe"), bool(cfg.deq.get("state_norm"))), set()).add(cfg.lr)
+    families = [("ViT-P/2", None, False), ("ViT-U/2", None, False), ("GET-P/2", "truncated", False),
+                ("GET-P/2", "paper", False), ("GET-P/2", "truncated", True)]
+    assert all({1e-3, 2e-3, 4e-3} <= grid[f] for f in families), grid   # a family may go further, never less far
     assert all(p.train_config(k).max_steps == 8800 for k in p.students)
 
 

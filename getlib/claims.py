@@ -168,20 +168,23 @@ def _condition_rows(groups, curve, iterations, fixed_point, decoding) -> list[di
     return rows
 
 
+def _gflops(groups, arm: Arm) -> float:
+    return groups[arm][0]["gflops_per_sample"]
+
+
 def _nearest_vit(groups, arm) -> Arm | None:
     """The arm of a ViT (all pairs, real targets) nearest `arm` in FLOPs per sample."""
-    gflops = lambda k: groups[k][0]["gflops_per_sample"]  # noqa: E731
     vits = [k for k in groups if _plain(k) and k.model.startswith("ViT")]
-    return min(vits, key=lambda k: abs(math.log(gflops(k) / gflops(arm[0]))), default=None)
+    return min(vits, key=lambda k: abs(math.log(_gflops(groups, k) / _gflops(groups, arm[0]))), default=None)
 
 
 def _equal_sampling_row(claim: str, groups, arm, paper: str = "GET matches a ~5x larger ViT at similar compute") -> dict:
     """Arm against the best arm of the ViT nearest it in FLOPs per sample."""
-    gflops = lambda k: groups[k][0]["gflops_per_sample"]  # noqa: E731
     near = _nearest_vit(groups, arm)
     other = _best(groups, lambda k: _plain(k) and near is not None and k.model == near.model)
-    return _row(claim, paper, f"the GET arm ({gflops(arm[0]):.3g} GFLOPs/sample) against the best arm of the ViT "
-                "nearest it in sampling FLOPs" + (f" ({near.model}, {gflops(near):.3g})" if near else ""), arm, other)
+    return _row(claim, paper, f"the GET arm ({_gflops(groups, arm[0]):.3g} GFLOPs/sample) against the best arm of "
+                "the ViT nearest it in sampling FLOPs" + (f" ({near.model}, {_gflops(groups, near):.3g})" if near else ""),
+                arm, other)
 
 
 def _larger_vit_row(claim: str, paper: str, which: str, groups, arm, big) -> dict:
@@ -347,10 +350,9 @@ def _convergence_rows(groups, fixed_point, get, vit, big, iterations, curve) -> 
 def plateau_rows(comparison: list[dict], curve: list[dict]) -> list[dict]:
     """Did each arm's FID still fall at the end of its runs (PLATEAU_RULE)? One row per arm whose
     runs have EMA snapshots: the mean FID at its last two snapshots, the paired drop and the verdict."""
-    rows = []
+    rows, fid = [], {(c["student"], c["step"]): c["fid"] for c in curve}
     for arm, runs in arms(comparison).items():
-        steps = sorted({c["step"] for c in curve if c["student"] == runs[0]["source"]})[-2:]
-        fid = {(c["student"], c["step"]): c["fid"] for c in curve}
+        steps = sorted(step for student, step in fid if student == runs[0]["source"])[-2:]
         pairs = [(fid[r["source"], steps[0]], fid[r["source"], steps[1]]) for r in runs
                  if len(steps) == 2 and all((r["source"], s) in fid for s in steps)]
         if not pairs:

@@ -11,7 +11,7 @@ provisional. VERDICT_RULE states the rule; it is printed above the table.
 from __future__ import annotations
 
 import math
-from collections import namedtuple
+from collections import Counter, namedtuple
 
 import numpy as np
 
@@ -127,19 +127,30 @@ def claims_rows(comparison: list[dict], curve: list[dict] = (), iterations: list
                 fixed_point: list[dict] = (), decoding: list[dict] = ()) -> list[dict]:
     """One row per claim and condition, from the evaluation's comparison, training-curve,
     iteration-sweep, fixed-point and decoding-rule tables (`getlib.stages.evaluate`). Control runs
-    (fewer pairs, re-paired targets) and the state_norm variant never stand for their family."""
+    (fewer pairs, re-paired targets) and the state_norm variant never stand for their family. Arms
+    are compared only with arms of the same training steps: first at the study's budget (the steps
+    most arms ran), then at each other budget, whose rows name it and leave out the claims its arms
+    cannot test."""
     groups = arms(comparison)
     conditions = list(dict.fromkeys(k.condition for k in groups if k.model.startswith("GET")))
     rows = []
     for condition in conditions:
         tag = f" ({condition})" if len(conditions) > 1 else ""
         mine = {k: v for k, v in groups.items() if k.condition == condition}
-        rows += [{**r, "claim": r["claim"] + tag} for r in _condition_rows(mine, curve, iterations, fixed_point,
-                                                                                    decoding)]
+        budgets = Counter(k.train_steps for k in mine)
+        study = max(budgets, key=lambda steps: (budgets[steps], -steps))
+        for steps in [study] + sorted(set(budgets) - {study}):
+            at = {k: v for k, v in mine.items() if k.train_steps == steps}
+            if steps == study:
+                rows += [{**r, "claim": r["claim"] + tag} for r in _condition_rows(at, curve, iterations,
+                                                                                   fixed_point, decoding)]
+            else:   # arms trained longer (or shorter): the rows their runs can test, marked with their steps
+                rows += [{**r, "claim": f"{r['claim']}{tag}, {steps:,} steps"} for r in _condition_rows(
+                    at, curve, iterations, fixed_point, decoding, memory=False) if r["verdict"] != "not tested"]
     return rows
 
 
-def _condition_rows(groups, curve, iterations, fixed_point, decoding) -> list[dict]:
+def _condition_rows(groups, curve, iterations, fixed_point, decoding, memory: bool = True) -> list[dict]:
     first = {k: v[0] for k, v in groups.items()}
     get = _best(groups, lambda k: _plain(k) and k.model.startswith("GET"))
     sized = get or _best(groups, lambda k: k.model.startswith("GET") and not k.num_pairs   # e.g. only a
@@ -163,7 +174,7 @@ def _condition_rows(groups, curve, iterations, fixed_point, decoding) -> list[di
     rows += _compute_rows(groups, curve, get, vit)
     rows.append(_data_row(groups))
     rows.append(_control_row(groups))
-    rows.append(_memory_row(first))
+    rows += [_memory_row(first)] if memory else []
     rows += _convergence_rows(groups, fixed_point, get, vit, big, iterations, curve)
     return rows
 

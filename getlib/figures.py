@@ -209,11 +209,13 @@ def one_step_rows(comparison: list[dict], reported: list[dict] = ()) -> list[dic
 
 def get_vs_vit_rows(comparison: list[dict]) -> list[dict]:
     """Each GET against the ViTs of its condition: the one closest in size ('matched size') and the
-    one closest to 5x its parameters ('~5x size', only when one lies within 2.5x..10x)."""
+    one closest to 5x its parameters ('~5x size', only when one lies within 2.5x..10x), trained for
+    the same steps when there are such ViTs."""
     rows = []
     students = [r for r in comparison if r["kind"] in ("GET", "ViT")]
     for get in (r for r in students if r["kind"] == "GET"):
         vits = [r for r in students if r["kind"] == "ViT" and r["condition"] == get["condition"]]
+        vits = [r for r in vits if r.get("train_steps") == get.get("train_steps")] or vits
         for relation, target in (("matched size", 1.0), ("~5x size", 5.0)):
             if not vits:
                 continue

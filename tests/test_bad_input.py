@@ -1,5 +1,6 @@
 """Bad input, one case per row: each is refused with a message that names the file, key or name at
 fault, and nothing finished (a pair set, a run, a folder beside the project) changes."""
+import dataclasses
 import json
 import pickle
 import shutil
@@ -500,6 +501,32 @@ def test_a_profile_reuses_another_profiles_identical_run_and_only_that(project, 
         load_params(write_params(root, {**raw, "reuse": "smoke"}))
     with pytest.raises(ParamsError, match=r"reuse: '\.\./x' is not a valid name"):
         load_params(write_params(root, {**raw, "reuse": "../x"}))
+
+
+def test_a_longer_student_continues_the_identical_shorter_run_bit_for_bit(project, capsys):
+    """A student that differs from another only in a larger max_steps starts from that student's
+    finished run (left untouched) and ends exactly where a run trained from scratch ends; one that
+    differs in anything else trains from scratch."""
+    root, _ = project
+    raw = one_vit_profile()
+    raw["students"].update({"vit-p-long": {"model": "ViT-P/2", "condition": "uncond", "train": {"max_steps": 6}},
+                            "vit-p-other-lr": {"model": "ViT-P/2", "condition": "uncond",
+                                               "train": {"max_steps": 6, "lr": 1e-4}}})
+    p = load_params(write_params(root, raw))
+    generate_pairs(toy_teacher(), p.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
+    distill(p, "vit-p")
+    short = snapshot(p.work("students", "vit-p"))
+    capsys.readouterr()
+    assert distill(p, "vit-p-long")["steps"] == 6
+    assert "continuing vit-p's finished 4-step run to 6 steps" in capsys.readouterr().out
+    assert snapshot(p.work("students", "vit-p")) == short
+    train(dataclasses.replace(p.train_config("vit-p-long"), out=str(root / "scratch")))
+    continued, scratch = p.work("students", "vit-p-long"), root / "scratch"
+    assert (continued / "metrics.csv").read_bytes() == (scratch / "metrics.csv").read_bytes()
+    a, b = (torch.load(d / "student.pt", weights_only=False)["ema"] for d in (continued, scratch))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    distill(p, "vit-p-other-lr")
+    assert "continuing" not in capsys.readouterr().out
 
 
 def test_the_teacher_file_follows_the_source_not_the_suffix(project):

@@ -165,3 +165,22 @@ def test_a_comparison_is_repeated_at_the_last_iterate_when_the_rule_could_decide
     vs = rows["GET beats a ViT of matched parameters (one step), at equal steps"]
     assert vs["verdict"] == "fails" and vs["note"].endswith(": holds")   # 21 +- 0.58 against 25 +- 0.58
     assert claims_rows(comparison)[0]["note"] == ""   # no decoding table: no note
+
+
+def test_arms_trained_longer_are_compared_only_with_arms_of_their_own_steps():
+    """The study's budget (the steps most arms ran) gives the main rows; a longer budget its own rows,
+    named by their steps, and only those its arms can test. A longer GET never meets a shorter ViT."""
+    longer = lambda r: {**r, "source": r["source"] + "-long", "train_steps": 1200}  # noqa: E731
+    comparison = [run(f"get-s{s}", "GET-P/2", 30.0 + s, seed=s) for s in range(3)]
+    comparison += [run(f"vit-s{s}", "ViT-P/2", 25.0 + s, seed=s) for s in range(3)]
+    comparison += [run("vit-lr1e-3", "ViT-P/2", 27.0, lr=1e-3), run("get-few", "GET-P/2", 40.0, num_pairs=100)]
+    comparison += [longer(run(f"get-s{s}", "GET-P/2", 20.0 + s, seed=s)) for s in range(3)]
+    comparison += [longer(run(f"vit-s{s}", "ViT-P/2", 24.0 + s, seed=s)) for s in range(3)]
+    rows = {r["claim"]: r for r in claims_rows(comparison)}
+    main = rows["GET beats a ViT of matched parameters (one step), at equal steps"]
+    assert main["verdict"] == "fails" and "31.00" in main["ours"] and "800 steps" in main["ours"]   # 31 against 26
+    long = rows["GET beats a ViT of matched parameters (one step), at equal steps, 1,200 steps"]
+    assert long["verdict"] == "holds" and "21.00" in long["ours"] and "25.00" in long["ours"]
+    assert "1200 steps" in long["ours"] and "800 steps" not in long["ours"]
+    assert "More pairs help" in rows and "More pairs help, 1,200 steps" not in rows   # no fewer-pairs arm at 1,200
+    assert sum("memory-efficient" in claim for claim in rows) == 1

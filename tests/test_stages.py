@@ -90,6 +90,11 @@ def test_get_vs_vit_pairs_each_get_with_the_closest_vits_of_its_condition():
     without_5x = [r for r in COMPARISON if r["source"] != "vit-4x"]   # 20x is not "~5x" (outside 2.5x..10x)
     assert [r["relation"] for r in get_vs_vit_rows(without_5x)] == ["matched size"]
     assert get_vs_vit_rows([r for r in COMPARISON if r["kind"] != "ViT"]) == []
+    steps = lambda rows, n: [{**r, "train_steps": n} for r in rows]   # noqa: E731
+    longer = steps(COMPARISON, 800) + steps([_row("get-long", "GET", 1e6, 9.0), _row("vit-same-long", "ViT", 1.1e6, 19.0)],
+                                            1200)
+    assert [(r["get"], r["vit"]) for r in get_vs_vit_rows(longer) if r["relation"] == "matched size"] == \
+        [("get", "vit-same"), ("get-long", "vit-same-long")]   # a ViT trained as long, when there is one
 
 
 def test_one_step_rows_keep_is_only_when_some_row_has_it():

@@ -4,9 +4,14 @@ A second worker can train other students of the same profile outside DVC, throug
 
     python -m getlib.stages.distill profiles/claims.yaml get-paper-lr1e3-s0 [more students]
 
-`dvc repro` later finds those runs finished (same settings, pairs and code) and keeps them."""
+`dvc repro` later finds those runs finished (same settings, pairs and code) and keeps them.
+
+A student that differs from another student of the profile only in a larger max_steps (under the
+constant schedule) starts from that student's finished run: its first steps are that run, bit for
+bit (resume is exact), so a study can train its best arms longer without repeating their first part."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +19,8 @@ from pathlib import Path
 from getlib.config import Params
 from getlib.io import atomic_copytree, atomic_write_csv, atomic_write_json, remove_owned
 from getlib.stages.launch import torchrun
-from getlib.train import cli_args, resume_problems, reuse_problems, run_summary, train, training_log
+from getlib.train import (cli_args, resumable_changes, resume_problems, reuse_problems, run_summary, train,
+                          training_log)
 
 
 @contextmanager
@@ -74,6 +80,8 @@ def _distill(p: Params, key: str) -> dict:
             print(f"{out}: copying the identical finished run {source}", flush=True)
             remove_owned(out, p.work("students"))
             atomic_copytree(source, out)
+    if not (out.exists() and any(out.iterdir())):
+        _continue_shorter_run(p, key, nproc)
     if nproc > 1:
         torchrun(nproc, "getlib.train", cli_args(cfg))
         summary = run_summary(out)
@@ -82,6 +90,32 @@ def _distill(p: Params, key: str) -> dict:
     atomic_write_csv(training_log(out), p.results("train", f"{key}.csv"))
     atomic_write_json(p.results("train", f"{key}.json"), {k: v for k, v in summary.items() if k != "config"})
     return summary
+
+
+def _continue_shorter_run(p: Params, key: str, nproc: int) -> None:
+    """Copy into student `key`'s empty folder the finished run of the profile's student with the most
+    steps that `key` continues: the same run (`train.reuse_problems` finds nothing) but for a smaller
+    max_steps. Training then resumes it from its last checkpoint. A run being trained is skipped."""
+    cfg = p.train_config(key)
+    if "max_steps" not in resumable_changes(cfg):   # a cosine schedule depends on max_steps
+        return
+    candidates = []
+    for other in p.students:
+        source = p.work("students", other)
+        shorter = p.train_config(other).max_steps
+        if other != key and shorter < cfg.max_steps and (source / "student.pt").is_file() \
+                and not reuse_problems(dataclasses.replace(cfg, max_steps=shorter), source, nproc):
+            candidates.append((shorter, other))
+    for shorter, other in sorted(candidates, reverse=True):
+        try:
+            with training_lock(p.work("students", f".{other}.lock")):
+                out = Path(cfg.out)
+                print(f"{out}: continuing {other}'s finished {shorter}-step run to {cfg.max_steps} steps", flush=True)
+                remove_owned(out, p.work("students"))
+                atomic_copytree(p.work("students", other), out)
+                return
+        except RuntimeError as e:   # its trainer is running
+            print(f"{cfg.out}: not continuing {other}: {e}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ from collections import Counter, namedtuple
 import numpy as np
 
 __all__ = ["VERDICT_RULE", "PLATEAU_RULE", "DECISIVE_SEEDS", "MATCH_MARGIN", "Arm", "arms", "arm_stats", "verdict",
-           "claims_rows", "plateau_rows"]
+           "claims_rows", "plateau_rows", "arm_curves"]
 
 DECISIVE_SEEDS = 3
 MATCH_MARGIN = 0.10   # "A matches B": A's FID within 10% of B's
@@ -379,3 +379,27 @@ def plateau_rows(comparison: list[dict], curve: list[dict]) -> list[dict]:
                      "step_last": steps[1], "fid_last": float(np.mean([b for _, b in pairs])),
                      "drop": float(drops.mean()), "two_se": two_se, "trained_out": word})
     return rows
+
+
+def arm_curves(comparison: list[dict], curve: list[dict]) -> dict[str, dict]:
+    """{arm: {"step", "fid", "se"}} for each arm with at least two training seeds: its runs' EMA-snapshot
+    FIDs (first seed range) averaged at each step all of them reached, with the standard error over the
+    seeds. Of arms that differ only in their steps, the longest stands for them (its runs continue the
+    shorter ones, so its curve holds theirs)."""
+    fid = {(c["student"], c["step"]): c["fid"] for c in curve}
+    longest: dict[Arm, tuple[Arm, list[dict]]] = {}
+    for arm, runs in arms(comparison).items():
+        key = arm._replace(train_steps=None)
+        if len(runs) >= 2 and (key not in longest or arm.train_steps > longest[key][0].train_steps):
+            longest[key] = (arm, runs)
+    several = len({arm.condition for arm, _ in longest.values()}) > 1
+    out = {}
+    for arm, runs in longest.values():
+        steps = sorted(set.intersection(*({step for student, step in fid if student == r["source"]} for r in runs)))
+        if len(steps) < 2:
+            continue
+        fids = np.array([[fid[r["source"], step] for step in steps] for r in runs])
+        name = f"{_name(arm)}{f' ({arm.condition})' if several else ''}, {len(runs)} seeds"
+        out[name] = {"step": steps, "fid": fids.mean(0).tolist(),
+                     "se": (fids.std(0, ddof=1) / math.sqrt(len(runs))).tolist()}
+    return out

@@ -10,7 +10,7 @@ from torch import Tensor
 from getlib.images import image_grid
 from getlib.io import atomic_write
 
-__all__ = ["sample_panels", "line_plot", "iterations_plot", "fixed_point_plot", "image_rows",
+__all__ = ["sample_panels", "line_plot", "band_plot", "iterations_plot", "fixed_point_plot", "image_rows",
            "scatter_plot", "bar_panels", "slerp", "one_step_rows", "get_vs_vit_rows", "benchmark_rows"]
 
 
@@ -63,8 +63,35 @@ def line_plot(series: dict[str, tuple[list, list]], path: str | Path, xlabel: st
     if logx:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, len(series) + len(hlines or {}))
     return _save(fig, path)
+
+
+def band_plot(series: dict[str, dict], path: str | Path, xlabel: str, ylabel: str, title: str = "",
+              logy: bool = False, hlines: dict[str, float] | None = None) -> Path:
+    """One line per named series {"step", "fid", "se"}, in a band of +- 2 se; optional labelled
+    horizontal reference lines."""
+    fig, ax = _figure(figsize=(5.5, 3.6))
+    for i, (name, s) in enumerate(series.items()):
+        y, two_se = torch.tensor(s["fid"]), 2 * torch.tensor(s["se"])
+        ax.plot(s["step"], y, marker="o", ms=3, color=f"C{i}", label=name)
+        ax.fill_between(s["step"], y - two_se, y + two_se, color=f"C{i}", alpha=0.2, lw=0)
+    for i, (name, y) in enumerate((hlines or {}).items()):
+        ax.axhline(y, ls="--", lw=1, color=f"C{len(series) + i}", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(series) + len(hlines or {}), beside=True)   # (the bands fill the axes)
+    return _save(fig, path)
+
+
+def _legend(ax, entries: int, beside: bool = False) -> None:
+    """Inside the axes for a few entries; beside them for many (which would cover the lines)."""
+    if entries <= 8 and not beside:
+        ax.legend(fontsize=8)
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 + entries // 24)
 
 
 def iterations_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:

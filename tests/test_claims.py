@@ -184,3 +184,27 @@ def test_arms_trained_longer_are_compared_only_with_arms_of_their_own_steps():
     assert "1200 steps" in long["ours"] and "800 steps" not in long["ours"]
     assert "More pairs help" in rows and "More pairs help, 1,200 steps" not in rows   # no fewer-pairs arm at 1,200
     assert sum("memory-efficient" in claim for claim in rows) == 1
+
+
+def test_arm_curves_average_over_seeds_and_let_the_longest_arm_stand_for_its_prefix():
+    from getlib.claims import arm_curves
+    longer = lambda r: {**r, "source": r["source"] + "-long", "train_steps": 1200}  # noqa: E731
+    comparison = [run(f"get-s{s}", "GET-P/2", 20.0, seed=s) for s in range(2)] + [run("vit", "ViT-P/2", 25.0)]
+    comparison += [longer(r) for r in comparison[:2]]
+    curve = [{"student": f"get-s{s}{tail}", "step": step, "fid": 30.0 - step / 100 + 2 * s}
+             for s in range(2) for tail, steps in (("", (400, 800)), ("-long", (400, 800, 1200))) for step in steps]
+    curve += [{"student": "vit", "step": step, "fid": 25.0} for step in (400, 800)]   # one seed: no curve
+    got = arm_curves(comparison, curve)
+    assert list(got) == ["GET-P/2, truncated, lr 0.002, 2 seeds"]
+    c = got["GET-P/2, truncated, lr 0.002, 2 seeds"]
+    assert c["step"] == [400, 800, 1200] and c["fid"] == [27.0, 23.0, 19.0] and c["se"] == pytest.approx([1.0] * 3)
+
+
+def test_the_band_plot_writes_the_same_png_twice(tmp_path):
+    from PIL import Image
+
+    from getlib.figures import band_plot
+    series = {"a, 2 seeds": {"step": [400, 800], "fid": [30.0, 20.0], "se": [1.0, 0.5]}}
+    first = band_plot(series, tmp_path / "a.png", "step", "FID", logy=True, hlines={"floor": 10.0})
+    again = band_plot(series, tmp_path / "b.png", "step", "FID", logy=True, hlines={"floor": 10.0})
+    assert Image.open(first).format == "PNG" and first.read_bytes() == again.read_bytes()

@@ -10,9 +10,9 @@ from getlib.checkpoints import load_teacher_of
 from getlib.config import Params, device_of
 from getlib.edm import edm_sampler, latents_for_seeds, sample_teacher, seeds_by_class
 from getlib.evaluate import sample_student
-from getlib.claims import PLATEAU_RULE, VERDICT_RULE, claims_rows, plateau_rows
-from getlib.figures import (bar_panels, benchmark_rows, fixed_point_plot, get_vs_vit_rows, image_rows, iterations_plot,
-                            line_plot, one_step_rows, sample_panels, scatter_plot, slerp)
+from getlib.claims import PLATEAU_RULE, VERDICT_RULE, arm_curves, claims_rows, plateau_rows
+from getlib.figures import (band_plot, bar_panels, benchmark_rows, fixed_point_plot, get_vs_vit_rows, image_rows,
+                            iterations_plot, line_plot, one_step_rows, sample_panels, scatter_plot, slerp)
 from getlib.io import read_csv, read_json, write_results
 from getlib.models import GET, load_student
 from getlib.pairs import read_manifest
@@ -123,6 +123,13 @@ def curve_figures(p: Params, comparison: list[dict]) -> list[Path]:
         written.append(line_plot({k: (steps[k], fids[k]) for k in keys}, p.results("figures", "fid_vs_steps.png"),
                                  "training step", f"FID ({features})", "FID against training iterations",
                                  logy=True, hlines=floors))
+        by_arm = p.results("figures", "fid_vs_steps_by_arm.png")
+        if arms := arm_curves(comparison, curve):
+            written.append(band_plot(arms, by_arm, "training step", f"FID ({features})",
+                                     "FID against training steps: arms with several training seeds (mean, 2 se)",
+                                     logy=True, hlines=floors))
+        else:   # (an earlier evaluation's figure would describe runs this one does not have)
+            by_arm.unlink(missing_ok=True)
         per_step = {k: rows[k]["train_gflops_per_image"] * p.train_config(k).batch_size / 1e6 for k in keys}
         written.append(line_plot({k: ([s * per_step[k] for s in steps[k]], fids[k]) for k in keys},
                                  p.results("figures", "fid_vs_training_flops.png"), "training compute (PFLOPs)",

@@ -84,7 +84,7 @@ def _name(arm: Arm) -> str:
 
 def _label(arm: Arm, s: dict, at: str = "") -> str:
     return (f"{_name(arm)}: {s['fid']:.2f} ± {s['se']:.2f} ({s['n']} training seed{'s' * (s['n'] > 1)}, "
-            f"{at or f'{arm.train_steps} steps'})")
+            f"{at or f'{arm.train_steps:,} steps'})")
 
 
 def _row(claim: str, paper: str, compared: str, a: tuple | None, b: tuple | None, kind: str = "beats",
@@ -374,7 +374,8 @@ def plateau_rows(comparison: list[dict], curve: list[dict]) -> list[dict]:
                 else "worse at the end" if drops.mean() < -two_se else "no detectable change")
         if two_se is not None and len(drops) < DECISIVE_SEEDS:
             word += " (provisional)"
-        rows.append({"arm": _name(arm), "condition": arm.condition, "training_seeds": len(pairs),
+        rows.append({"arm": _name(arm), "condition": arm.condition, "train_steps": arm.train_steps,
+                     "training_seeds": len(pairs),
                      "step_before": steps[0], "fid_before": float(np.mean([a for a, _ in pairs])),
                      "step_last": steps[1], "fid_last": float(np.mean([b for _, b in pairs])),
                      "drop": float(drops.mean()), "two_se": two_se, "trained_out": word})
@@ -384,22 +385,20 @@ def plateau_rows(comparison: list[dict], curve: list[dict]) -> list[dict]:
 def arm_curves(comparison: list[dict], curve: list[dict]) -> dict[str, dict]:
     """{arm: {"step", "fid", "se"}} for each arm with at least two training seeds: its runs' EMA-snapshot
     FIDs (first seed range) averaged at each step all of them reached, with the standard error over the
-    seeds. Of arms that differ only in their steps, the longest stands for them (its runs continue the
-    shorter ones, so its curve holds theirs)."""
+    seeds. An arm whose curve a longer arm's holds (the same settings but the steps, and the same
+    values at every step of the shorter curve: its runs continue the shorter ones) is left out."""
     fid = {(c["student"], c["step"]): c["fid"] for c in curve}
-    longest: dict[Arm, tuple[Arm, list[dict]]] = {}
+    curves = {}
     for arm, runs in arms(comparison).items():
-        key = arm._replace(train_steps=None)
-        if len(runs) >= 2 and (key not in longest or arm.train_steps > longest[key][0].train_steps):
-            longest[key] = (arm, runs)
-    several = len({arm.condition for arm, _ in longest.values()}) > 1
-    out = {}
-    for arm, runs in longest.values():
         steps = sorted(set.intersection(*({step for student, step in fid if student == r["source"]} for r in runs)))
-        if len(steps) < 2:
-            continue
-        fids = np.array([[fid[r["source"], step] for step in steps] for r in runs])
-        name = f"{_name(arm)}{f' ({arm.condition})' if several else ''}, {len(runs)} seeds"
-        out[name] = {"step": steps, "fid": fids.mean(0).tolist(),
-                     "se": (fids.std(0, ddof=1) / math.sqrt(len(runs))).tolist()}
-    return out
+        if len(runs) >= 2 and len(steps) >= 2:
+            fids = np.array([[fid[r["source"], step] for step in steps] for r in runs])
+            curves[arm] = {"step": steps, "fid": fids.mean(0).tolist(),
+                           "se": (fids.std(0, ddof=1) / math.sqrt(len(runs))).tolist(), "n": len(runs)}
+    def held(arm, c):   # noqa: E306
+        return any(other != arm and other._replace(train_steps=None) == arm._replace(train_steps=None)
+                   and other.train_steps > arm.train_steps and d["step"][:len(c["step"])] == c["step"]
+                   and d["fid"][:len(c["fid"])] == c["fid"] for other, d in curves.items())
+    several = len({arm.condition for arm in curves}) > 1
+    return {f"{_name(arm)}{f' ({arm.condition})' if several else ''}, {arm.train_steps:,} steps, {c['n']} seeds":
+            {k: c[k] for k in ("step", "fid", "se")} for arm, c in curves.items() if not held(arm, c)}

@@ -236,23 +236,24 @@ def one_step_rows(comparison: list[dict], reported: list[dict] = ()) -> list[dic
 
 def get_vs_vit_rows(comparison: list[dict]) -> list[dict]:
     """Each GET against the ViTs of its condition: the one closest in size ('matched size') and the
-    one closest to 5x its parameters ('~5x size', only when one lies within 2.5x..10x), trained for
-    the same steps when there are such ViTs."""
+    one closest to 5x its parameters ('~5x size', only when one lies within 2.5x..10x); of ViTs of that
+    size, one trained for as many steps as the GET when there is one."""
     rows = []
     students = [r for r in comparison if r["kind"] in ("GET", "ViT")]
     for get in (r for r in students if r["kind"] == "GET"):
         vits = [r for r in students if r["kind"] == "ViT" and r["condition"] == get["condition"]]
-        vits = [r for r in vits if r.get("train_steps") == get.get("train_steps")] or vits
         for relation, target in (("matched size", 1.0), ("~5x size", 5.0)):
             if not vits:
                 continue
-            vit = min(vits, key=lambda v: abs(math.log(v["params"] / get["params"] / target)))
+            vit = min(vits, key=lambda v: (abs(math.log(v["params"] / get["params"] / target)),
+                                           v.get("train_steps") != get.get("train_steps")))
             if relation == "~5x size" and abs(math.log(vit["params"] / get["params"] / 5)) > math.log(2):
                 continue
             rows.append({"get": get["source"], "recipe": get.get("recipe"), "get_params": get["params"],
-                         "get_fid": get["fid"],
+                         "get_fid": get["fid"], "get_train_steps": get.get("train_steps"),
                          "get_train_pflops": get["train_pflops"], "vit": vit["source"], "relation": relation,
-                         "vit_params": vit["params"], "vit_fid": vit["fid"], "vit_train_pflops": vit["train_pflops"],
+                         "vit_params": vit["params"], "vit_fid": vit["fid"], "vit_train_steps": vit.get("train_steps"),
+                         "vit_train_pflops": vit["train_pflops"],
                          "params_ratio": vit["params"] / get["params"], "fid_ratio": get["fid"] / vit["fid"],
                          "sampling_gflops_ratio": vit["gflops_per_sample"] / get["gflops_per_sample"]})
     return rows

@@ -181,7 +181,7 @@ def test_arms_trained_longer_are_compared_only_with_arms_of_their_own_steps():
     assert main["verdict"] == "fails" and "31.00" in main["ours"] and "800 steps" in main["ours"]   # 31 against 26
     long = rows["GET beats a ViT of matched parameters (one step), at equal steps, 1,200 steps"]
     assert long["verdict"] == "holds" and "21.00" in long["ours"] and "25.00" in long["ours"]
-    assert "1200 steps" in long["ours"] and "800 steps" not in long["ours"]
+    assert "1,200 steps" in long["ours"] and " 800 steps" not in long["ours"]
     assert "More pairs help" in rows and "More pairs help, 1,200 steps" not in rows   # no fewer-pairs arm at 1,200
     assert sum("memory-efficient" in claim for claim in rows) == 1
 
@@ -195,9 +195,14 @@ def test_arm_curves_average_over_seeds_and_let_the_longest_arm_stand_for_its_pre
              for s in range(2) for tail, steps in (("", (400, 800)), ("-long", (400, 800, 1200))) for step in steps]
     curve += [{"student": "vit", "step": step, "fid": 25.0} for step in (400, 800)]   # one seed: no curve
     got = arm_curves(comparison, curve)
-    assert list(got) == ["GET-P/2, truncated, lr 0.002, 2 seeds"]
-    c = got["GET-P/2, truncated, lr 0.002, 2 seeds"]
+    assert list(got) == ["GET-P/2, truncated, lr 0.002, 1,200 steps, 2 seeds"]
+    c = got["GET-P/2, truncated, lr 0.002, 1,200 steps, 2 seeds"]
     assert c["step"] == [400, 800, 1200] and c["fid"] == [27.0, 23.0, 19.0] and c["se"] == pytest.approx([1.0] * 3)
+    # a third seed of the shorter arm only: the longer curve no longer holds the shorter one, both are drawn
+    comparison.append(run("get-s2", "GET-P/2", 20.0, seed=2))
+    curve += [{"student": "get-s2", "step": step, "fid": 40.0} for step in (400, 800)]
+    assert sorted(arm_curves(comparison, curve)) == ["GET-P/2, truncated, lr 0.002, 1,200 steps, 2 seeds",
+                                                     "GET-P/2, truncated, lr 0.002, 800 steps, 3 seeds"]
 
 
 def test_the_band_plot_writes_the_same_png_twice(tmp_path):

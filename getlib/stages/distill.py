@@ -8,7 +8,8 @@ A second worker can train other students of the same profile outside DVC, throug
 
 A student that differs from another student of the profile only in a larger max_steps (under the
 constant schedule) starts from that student's finished run: its first steps are that run, bit for
-bit (resume is exact), so a study can train its best arms longer without repeating their first part."""
+bit on the same machine (resume is exact), so a study can train its best arms longer without
+repeating their first part."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,8 @@ from pathlib import Path
 from getlib.config import Params
 from getlib.io import atomic_copytree, atomic_write_csv, atomic_write_json, remove_owned
 from getlib.stages.launch import torchrun
-from getlib.train import (cli_args, resumable_changes, resume_problems, reuse_problems, run_summary, train,
-                          training_log)
+from getlib.train import (TrainConfig, cli_args, resumable_changes, resume_problems, reuse_problems, run_summary,
+                          train, training_log)
 
 
 @contextmanager
@@ -93,29 +94,52 @@ def _distill(p: Params, key: str) -> dict:
 
 
 def _continue_shorter_run(p: Params, key: str, nproc: int) -> None:
-    """Copy into student `key`'s empty folder the finished run of the profile's student with the most
-    steps that `key` continues: the same run (`train.reuse_problems` finds nothing) but for a smaller
-    max_steps. Training then resumes it from its last checkpoint. A run being trained is skipped."""
+    """Copy into student `key`'s empty folder the finished run it continues: that of the profile's
+    student with the most steps whose settings are `key`'s but for a smaller max_steps. Training then
+    resumes it from its last checkpoint and, on the same machine and thread count, ends bit for bit
+    where a run from scratch ends. Not under a cosine schedule (it depends on max_steps), and only a
+    run that stopped on a step where the longer one also logs, samples and snapshots (a run does all
+    three at its last step). When such a twin exists but cannot be continued, this says why, and the
+    run trains from scratch."""
     cfg = p.train_config(key)
-    if "max_steps" not in resumable_changes(cfg):   # a cosine schedule depends on max_steps
+    if "max_steps" not in resumable_changes(cfg):
         return
-    candidates = []
-    for other in p.students:
+    twins = sorted(((p.train_config(other).max_steps, other) for other in p.students if other != key
+                    and p.train_config(other).max_steps < cfg.max_steps
+                    and dataclasses.replace(p.train_config(other), max_steps=cfg.max_steps, out=cfg.out) == cfg),
+                   reverse=True)
+    grid = [cfg.log_every, cfg.sample_every] + ([cfg.snapshot_every] if cfg.snapshot_every else [])
+    why_not = []
+    for shorter, other in twins:
+        if any(shorter % every for every in grid):
+            why_not.append(f"{other} ends at step {shorter}, between the steps that log, sample or snapshot")
+            continue
         source = p.work("students", other)
-        shorter = p.train_config(other).max_steps
-        if other != key and shorter < cfg.max_steps and (source / "student.pt").is_file() \
-                and not reuse_problems(dataclasses.replace(cfg, max_steps=shorter), source, nproc):
-            candidates.append((shorter, other))
-    for shorter, other in sorted(candidates, reverse=True):
         try:
-            with training_lock(p.work("students", f".{other}.lock")):
-                out = Path(cfg.out)
-                print(f"{out}: continuing {other}'s finished {shorter}-step run to {cfg.max_steps} steps", flush=True)
-                remove_owned(out, p.work("students"))
-                atomic_copytree(p.work("students", other), out)
-                return
-        except RuntimeError as e:   # its trainer is running
-            print(f"{cfg.out}: not continuing {other}: {e}", flush=True)
+            with training_lock(p.work("students", f".{other}.lock")):   # (not while it trains)
+                problems = _continuation_problems(cfg, source, shorter, nproc)
+                if not problems:
+                    print(f"{cfg.out}: continuing {other}'s finished {shorter}-step run to {cfg.max_steps} steps",
+                          flush=True)
+                    remove_owned(cfg.out, p.work("students"))
+                    atomic_copytree(source, cfg.out)
+                    return
+                why_not.append(f"{other}: {'; '.join(problems)}")
+        except RuntimeError as e:   # its trainer holds the lock
+            why_not.append(str(e))
+    if why_not:
+        print(f"{cfg.out}: training from scratch, no shorter run to continue: {' | '.join(why_not)}", flush=True)
+
+
+def _continuation_problems(cfg: TrainConfig, source: Path, shorter: int, nproc: int) -> list[str]:
+    """Why the run in `source` is not the first `shorter` steps of the run `cfg` makes; [] when it is."""
+    try:
+        problems = reuse_problems(dataclasses.replace(cfg, max_steps=shorter), source, nproc)
+        if not problems and run_summary(source)["steps"] != shorter:
+            problems = [f"{source} stopped before its {shorter} steps"]
+    except (OSError, ValueError, KeyError) as e:   # (e.g. caught between writing its last two files)
+        problems = [f"{source}: unreadable ({e})"]
+    return problems
 
 
 def main(argv: list[str] | None = None) -> None:

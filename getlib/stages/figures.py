@@ -115,6 +115,8 @@ def curve_figures(p: Params, comparison: list[dict]) -> list[Path]:
     written = [line_plot(loss, p.results("figures", "training_loss.png"), "training step",
                          "distillation loss (L1, summed over supervised states)", "Training loss", logy=True)]
     curve = read_json(p.results("evaluation", "training.json"))
+    by_arm = p.results("figures", "fid_vs_steps_by_arm.png")
+    by_arm.unlink(missing_ok=True)   # (an earlier evaluation's, drawn again below if its arms are still here)
     if curve:
         rows = {r["source"]: r for r in comparison}
         keys = list(dict.fromkeys(r["student"] for r in curve))
@@ -123,13 +125,10 @@ def curve_figures(p: Params, comparison: list[dict]) -> list[Path]:
         written.append(line_plot({k: (steps[k], fids[k]) for k in keys}, p.results("figures", "fid_vs_steps.png"),
                                  "training step", f"FID ({features})", "FID against training iterations",
                                  logy=True, hlines=floors))
-        by_arm = p.results("figures", "fid_vs_steps_by_arm.png")
         if arms := arm_curves(comparison, curve):
             written.append(band_plot(arms, by_arm, "training step", f"FID ({features})",
                                      "FID against training steps: arms with several training seeds (mean, 2 se)",
                                      logy=True, hlines=floors))
-        else:   # (an earlier evaluation's figure would describe runs this one does not have)
-            by_arm.unlink(missing_ok=True)
         per_step = {k: rows[k]["train_gflops_per_image"] * p.train_config(k).batch_size / 1e6 for k in keys}
         written.append(line_plot({k: ([s * per_step[k] for s in steps[k]], fids[k]) for k in keys},
                                  p.results("figures", "fid_vs_training_flops.png"), "training compute (PFLOPs)",

@@ -2,6 +2,7 @@
 fault, and nothing finished (a pair set, a run, a folder beside the project) changes."""
 import dataclasses
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -457,11 +458,11 @@ def test_the_distill_stage_replaces_a_stale_run_and_keeps_a_good_one(project, ca
     kept = snapshot(p.work("students", "vit-p", "checkpoints"))
     assert distill(p, "vit-p")["steps"] == first["steps"] == 4     # reused as it is
     assert snapshot(p.work("students", "vit-p", "checkpoints")) == kept
-    assert "starting anew" not in capsys.readouterr().out
+    assert "starting anew" not in capsys.readouterr().err
     remove_owned(p.work("pairs", "uncond"), p.work("pairs"))              # new pairs from another teacher
     generate_pairs(toy_teacher(scale=0.5), p.work("pairs", "uncond"), spec(), {"kind": "other"}, SAMPLER)
     distill(p, "vit-p")
-    assert "starting anew: its pair set changed" in capsys.readouterr().out
+    assert "starting anew: its pair set changed" in capsys.readouterr().err
     assert snapshot(p.work("students", "vit-p", "checkpoints")) != kept
     assert snapshot(beside) == {"precious.txt": b"keep me"}
     logged = (p.results("train", "vit-p.csv")).read_text().splitlines()   # the log with its wall-clock columns
@@ -486,7 +487,7 @@ def test_a_profile_reuses_another_profiles_identical_run_and_only_that(project, 
         generate_pairs(toy_teacher(), b.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
         capsys.readouterr()
         distill(b, "vit-p")
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err
         assert ("copying the identical finished run" in out) == reused, (profile, out)
         assert (snapshot(b.work("students", "vit-p")) == made) == (profile == "same"), profile
         assert snapshot(a.work("students", "vit-p")) == made            # the source is untouched
@@ -496,7 +497,7 @@ def test_a_profile_reuses_another_profiles_identical_run_and_only_that(project, 
     generate_pairs(toy_teacher(), b.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
     capsys.readouterr()
     distill(b, "vit-p")
-    assert "ran on cuda, this run would run on cpu" in capsys.readouterr().out
+    assert "ran on cuda, this run would run on cpu" in capsys.readouterr().err
     with pytest.raises(ParamsError, match="reuse names this profile"):
         load_params(write_params(root, {**raw, "reuse": "smoke"}))
     with pytest.raises(ParamsError, match=r"reuse: '\.\./x' is not a valid name"):
@@ -519,13 +520,13 @@ def test_a_longer_student_continues_the_identical_shorter_run_bit_for_bit(projec
     generate_pairs(toy_teacher(), p.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
     capsys.readouterr()
     distill(p, "vit-p-long")   # its twin has not run: from scratch, saying why
-    assert "training from scratch, no shorter run to continue: vit-p" in capsys.readouterr().out
+    assert "training from scratch, no shorter run to continue: vit-p" in capsys.readouterr().err
     remove_owned(p.work("students", "vit-p-long"), p.work("students"))
     distill(p, "vit-p")
     short = snapshot(p.work("students", "vit-p"))
     capsys.readouterr()
     assert distill(p, "vit-p-long")["steps"] == 6
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert ("continuing vit-p's finished 4-step run to 6 steps" in out) == continued, out
     assert ("ends at step 4, between the steps that log, sample or snapshot" in out) != continued, out
     assert snapshot(p.work("students", "vit-p")) == short
@@ -539,7 +540,35 @@ def test_a_longer_student_continues_the_identical_shorter_run_bit_for_bit(projec
         else:
             assert (p.work("students", "vit-p-long") / name).read_bytes() == content, name
     distill(p, "vit-p-other-lr")
-    assert "continuing" not in capsys.readouterr().out
+    assert "continuing" not in capsys.readouterr().err
+
+
+def test_a_longer_student_trains_from_scratch_beside_a_locked_or_unreadable_twin(project, capsys):
+    """A shorter twin whose trainer holds its lock, or whose files cannot be read, is not copied: the
+    longer student trains from scratch, says why, and leaves the twin as it found it."""
+    root, _ = project
+    raw = one_vit_profile()
+    raw["distill"].update(sample_every=2, log_every=1)
+    raw["students"]["vit-p-long"] = {"model": "ViT-P/2", "condition": "uncond", "train": {"max_steps": 6}}
+    p = load_params(write_params(root, raw))
+    generate_pairs(toy_teacher(), p.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
+    distill(p, "vit-p")
+    twin, lock = p.work("students", "vit-p"), p.work("students", ".vit-p.lock")
+    lock.write_text(str(os.getpid()))   # a live process training the twin
+    made = snapshot(twin)
+    capsys.readouterr()
+    assert distill(p, "vit-p-long")["steps"] == 6
+    err = capsys.readouterr().err
+    assert f"training from scratch, no shorter run to continue: {lock}: process {os.getpid()} is training" in err, err
+    assert lock.read_text() == str(os.getpid()) and snapshot(twin) == made
+    lock.unlink()
+    remove_owned(p.work("students", "vit-p-long"), p.work("students"))
+    (twin / "run.json").write_text("{")   # caught between writing its files
+    made = snapshot(twin)
+    assert distill(p, "vit-p-long")["steps"] == 6
+    err = capsys.readouterr().err
+    assert f"training from scratch, no shorter run to continue: vit-p: {twin}: unreadable" in err, err
+    assert snapshot(twin) == made and not lock.exists()
 
 
 def test_the_teacher_file_follows_the_source_not_the_suffix(project):

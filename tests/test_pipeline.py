@@ -104,6 +104,19 @@ def test_a_second_repro_runs_nothing(smoke):
     assert "up to date" in run("dvc status", repo).stdout
 
 
+def test_a_stage_that_keeps_its_artifacts_renders_the_notebook_a_fresh_run_renders(smoke):
+    """The rendered notebooks are a function of the stage's inputs, not of what work/ held: re-run,
+    the pairs and distill stages keep their finished pair set and run and log that to stderr, which
+    the rendered copy leaves out (a fresh pair set prints its shards' progress there too)."""
+    repo, _ = smoke
+    notebooks = repo / "results/smoke/notebooks"
+    fresh = {md.name: md.read_text() for md in notebooks.glob("*.md")}
+    out = run("dvc repro -f -s pairs@uncond distill@get-p", repo)
+    assert ran(out) == {"pairs@uncond", "distill@get-p"}
+    assert {md.name: md.read_text() for md in notebooks.glob("*.md")} == fresh
+    run("dvc repro", repo)   # settle: a kept run's record gains the no-op's wall-clock
+
+
 def test_a_broken_param_fails_naming_the_key_and_keeps_the_cache(smoke):
     repo, _ = smoke
     params = (repo / "params.yaml").read_text()

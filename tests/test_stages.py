@@ -56,7 +56,7 @@ def test_a_profile_reuses_another_profiles_identical_pair_set(tmp_path, capsys):
         make_teacher(b, "uncond")   # trained again: the same bytes, so the same teacher sha256
         capsys.readouterr()
         make_pairs(b, "uncond")
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err
         assert ("copied the identical pair set" in out) == reused and ("not reusing" in out) != reused, out
         assert read_manifest(b.work("pairs", "uncond"))["num_pairs"] == num_pairs
     assert tree() == made   # the source is untouched: every file, hidden ones too, and their times

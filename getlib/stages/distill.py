@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def distill(p: Params, key: str) -> dict:
     DVC keeps the run folder between runs (persist) so that an interrupted run resumes from its
     checkpoint. It is resumed (a finished one reused) only when `train.resume_problems` finds
     nothing: same settings, pair set, training code, and an intact checkpoint. Otherwise the folder
-    is replaced and the reason printed (a finished run is also in DVC's cache). With `reuse`, a
+    is replaced and the reason printed to stderr, as is all this stage finds in work/ (a log: the
+    rendered notebook leaves it out; a finished run is also in DVC's cache). With `reuse`, a
     finished run of that profile is copied in when `train.reuse_problems` finds it identical."""
     with training_lock(p.work("students", f".{key}.lock")):
         return _distill(p, key)
@@ -70,15 +72,15 @@ def _distill(p: Params, key: str) -> dict:
     nproc = p.nproc(key)
     problems = resume_problems(cfg, nproc)
     if problems:
-        print(f"{out}: starting anew: {'; '.join(problems)}", flush=True)
+        print(f"{out}: starting anew: {'; '.join(problems)}", file=sys.stderr, flush=True)
         remove_owned(out, p.work("students"))
     source = p.reused("students", key)
     if source is not None and not (out.exists() and any(out.iterdir())):
         why_not = reuse_problems(cfg, source, nproc)
         if why_not:
-            print(f"{out}: not reusing {source}: {'; '.join(why_not)}", flush=True)
+            print(f"{out}: not reusing {source}: {'; '.join(why_not)}", file=sys.stderr, flush=True)
         else:
-            print(f"{out}: copying the identical finished run {source}", flush=True)
+            print(f"{out}: copying the identical finished run {source}", file=sys.stderr, flush=True)
             remove_owned(out, p.work("students"))
             atomic_copytree(source, out)
     if not (out.exists() and any(out.iterdir())):
@@ -104,10 +106,9 @@ def _continue_shorter_run(p: Params, key: str, nproc: int) -> None:
     cfg = p.train_config(key)
     if "max_steps" not in resumable_changes(cfg):
         return
-    twins = sorted(((p.train_config(other).max_steps, other) for other in p.students if other != key
-                    and p.train_config(other).max_steps < cfg.max_steps
-                    and dataclasses.replace(p.train_config(other), max_steps=cfg.max_steps, out=cfg.out) == cfg),
-                   reverse=True)
+    others = {other: p.train_config(other) for other in p.students if other != key}
+    twins = sorted(((c.max_steps, other) for other, c in others.items() if c.max_steps < cfg.max_steps
+                    and dataclasses.replace(c, max_steps=cfg.max_steps, out=cfg.out) == cfg), reverse=True)
     grid = [cfg.log_every, cfg.sample_every] + ([cfg.snapshot_every] if cfg.snapshot_every else [])
     why_not = []
     for shorter, other in twins:
@@ -120,7 +121,7 @@ def _continue_shorter_run(p: Params, key: str, nproc: int) -> None:
                 problems = _continuation_problems(cfg, source, shorter, nproc)
                 if not problems:
                     print(f"{cfg.out}: continuing {other}'s finished {shorter}-step run to {cfg.max_steps} steps",
-                          flush=True)
+                          file=sys.stderr, flush=True)
                     remove_owned(cfg.out, p.work("students"))
                     atomic_copytree(source, cfg.out)
                     return
@@ -128,7 +129,8 @@ def _continue_shorter_run(p: Params, key: str, nproc: int) -> None:
         except RuntimeError as e:   # its trainer holds the lock
             why_not.append(str(e))
     if why_not:
-        print(f"{cfg.out}: training from scratch, no shorter run to continue: {' | '.join(why_not)}", flush=True)
+        print(f"{cfg.out}: training from scratch, no shorter run to continue: {' | '.join(why_not)}",
+              file=sys.stderr, flush=True)
 
 
 def _continuation_problems(cfg: TrainConfig, source: Path, shorter: int, nproc: int) -> list[str]:

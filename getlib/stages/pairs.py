@@ -1,6 +1,7 @@
 """Stage pairs@condition: the teacher's (noise, image) pairs, work/<profile>/pairs/<condition>/."""
 from __future__ import annotations
 
+import sys
 import time
 
 from getlib.checkpoints import load_teacher_of
@@ -24,14 +25,15 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
     DVC keeps this folder between runs (persist) so that an interrupted generation resumes. It is
     resumed, or a finished one reused, only when `pair_set_problems` finds nothing: same settings,
     teacher, sampler and code, every shard intact. Otherwise it is replaced, and the reason printed
-    (a finished set is also in DVC's cache). With `reuse`, that profile's set is copied in and kept
+    to stderr, as is all this stage finds in work/ (a log: the rendered notebook leaves it out; a
+    finished set is also in DVC's cache). With `reuse`, that profile's set is copied in and kept
     when the same check finds nothing. With pairs.nproc > 1 it runs under torchrun."""
     root = p.work("pairs", condition)
     spec = pair_spec(p, condition)
     denoise, ident = load_teacher_of(p, condition)
     problems = pair_set_problems(root, spec, ident, p.sampler)
     if problems:
-        print(f"{root}: generating anew: {'; '.join(problems)}", flush=True)
+        print(f"{root}: generating anew: {'; '.join(problems)}", file=sys.stderr, flush=True)
         remove_owned(root, p.work("pairs"))
     source = p.reused("pairs", condition)
     if source is not None and not (root.exists() and any(root.iterdir())):
@@ -44,7 +46,7 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
             if why_not:
                 remove_owned(root, p.work("pairs"))
         print(f"{root}: " + (f"not reusing {source}: {'; '.join(why_not)}" if why_not
-                             else f"copied the identical pair set {source}"), flush=True)
+                             else f"copied the identical pair set {source}"), file=sys.stderr, flush=True)
     start = time.perf_counter()
     if p.pairs.nproc > 1:
         args = ["--teacher", str(p.teacher_file(condition)), "--out", str(root), "--num-pairs", str(spec.num_pairs),

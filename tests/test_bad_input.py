@@ -543,6 +543,20 @@ def test_a_longer_student_continues_the_identical_shorter_run_bit_for_bit(projec
     assert "continuing" not in capsys.readouterr().err
 
 
+def test_a_finished_run_is_not_reentered_so_its_results_stay_byte_identical(project):
+    """DVC re-runs a distill stage when its code changes; a finished run is then kept as it is: no
+    file of it rewritten, and results/<profile>/train/<student>.json keeps the run's own seconds."""
+    root, _ = project
+    p = load_params(write_params(root, one_vit_profile()))
+    generate_pairs(toy_teacher(), p.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
+    distill(p, "vit-p")
+    files = lambda: {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in sorted(p.work("students").rglob("*"))  # noqa: E731
+                     if f.is_file()}
+    made, results = files(), {f: f.read_bytes() for f in p.results("train").iterdir()}
+    assert distill(p, "vit-p")["steps"] == 4
+    assert files() == made and {f: f.read_bytes() for f in p.results("train").iterdir()} == results
+
+
 def test_a_longer_student_trains_from_scratch_beside_a_locked_or_unreadable_twin(project, capsys):
     """A shorter twin whose trainer holds its lock, or whose files cannot be read, is not copied: the
     longer student trains from scratch, says why, and leaves the twin as it found it."""

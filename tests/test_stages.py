@@ -148,3 +148,26 @@ def test_one_trainer_per_run_folder(tmp_path):
         with training_lock(lock):
             raise ValueError("training failed")
     assert not lock.exists()
+
+
+def test_a_study_counts_a_continued_run_once_in_its_compute(tmp_path):
+    """A student that continues a shorter one costs the study only its extra steps: a chain of such
+    students counts as its longest run, whose record carries the seconds of the run it continued."""
+    import json
+
+    from getlib.stages.interim import study_compute
+    p = smoke_params(tmp_path, {"conditions": ["uncond"], "students": {
+        "vit-p": {"model": "ViT-P/2", "condition": "uncond", "train": {"max_steps": 4}},
+        "vit-p-long": {"model": "ViT-P/2", "condition": "uncond", "train": {"max_steps": 8}},
+        "vit-p-lr": {"model": "ViT-P/2", "condition": "uncond", "train": {"max_steps": 4, "lr": 1e-4}}}})
+    rows = [{"source": "vit-p", "train_pflops": 1.0}, {"source": "vit-p-long", "train_pflops": 2.0},
+            {"source": "vit-p-lr", "train_pflops": 1.5}, {"source": "real (held-out)", "train_pflops": None}]
+    p.results("evaluation").mkdir(parents=True)
+    p.results("evaluation", "comparison.json").write_text(json.dumps(rows))
+    p.results("train").mkdir(parents=True)
+    for key, seconds in (("vit-p", 1800), ("vit-p-long", 3600), ("vit-p-lr", 5400)):
+        p.results("train", f"{key}.json").write_text(json.dumps({"seconds": seconds}))
+    assert study_compute(p) == {"students": 3, "trained_runs": 2, "training_pflops": 3.5, "process_hours": 2.5,
+                                "untimed": []}
+    p.results("train", "vit-p-lr.json").unlink()   # a record copied without its timing
+    assert study_compute(p)["process_hours"] == 1.0 and study_compute(p)["untimed"] == ["vit-p-lr"]

@@ -75,7 +75,7 @@ def _distill(p: Params, key: str) -> dict:
         print(f"{out}: starting anew: {'; '.join(problems)}", file=sys.stderr, flush=True)
         remove_owned(out, p.work("students"))
     source = p.reused("students", key)
-    if source is not None and not (out.exists() and any(out.iterdir())):
+    if source is not None and source.exists() and not (out.exists() and any(out.iterdir())):
         why_not = reuse_problems(cfg, source, nproc)
         if why_not:
             print(f"{out}: not reusing {source}: {'; '.join(why_not)}", file=sys.stderr, flush=True)
@@ -85,7 +85,9 @@ def _distill(p: Params, key: str) -> dict:
             atomic_copytree(source, out)
     if not (out.exists() and any(out.iterdir())):
         _continue_shorter_run(p, key, nproc)
-    if nproc > 1:
+    if run_is_finished(cfg, nproc):   # not re-entered: its record, and so its results, stay as they are
+        summary = run_summary(out)
+    elif nproc > 1:
         torchrun(nproc, "getlib.train", cli_args(cfg))
         summary = run_summary(out)
     else:
@@ -93,6 +95,14 @@ def _distill(p: Params, key: str) -> dict:
     atomic_write_csv(training_log(out), p.results("train", f"{key}.csv"))
     atomic_write_json(p.results("train", f"{key}.json"), {k: v for k, v in summary.items() if k != "config"})
     return summary
+
+
+def run_is_finished(cfg: TrainConfig, nproc: int = 1) -> bool:
+    """Whether cfg.out holds the finished run `cfg` describes: student.pt written, all max_steps
+    done, and nothing `train.resume_problems` objects to (settings, pairs, code, files)."""
+    out = Path(cfg.out)
+    return ((out / "student.pt").is_file() and not resume_problems(cfg, nproc)
+            and run_summary(out)["steps"] == cfg.max_steps)
 
 
 def _continue_shorter_run(p: Params, key: str, nproc: int) -> None:

@@ -21,23 +21,16 @@ import argparse
 import dataclasses
 
 from getlib.config import Params, load_params, project_root
-from getlib.io import atomic_write_json
+from getlib.io import atomic_write_json, read_json
 from getlib.records import evaluation_identity, read_record, record_problems
+from getlib.stages.distill import run_is_finished
 from getlib.stages.evaluate import evaluate
 from getlib.stages.figures import make_figures
-from getlib.train import resume_problems, run_summary
 
 
 def finished_students(p: Params) -> list[str]:
-    """The students whose run is finished and is the run the profile describes: student.pt written,
-    all max_steps done, and nothing `train.resume_problems` objects to (settings, pairs, code, files)."""
-    done = []
-    for key in p.students:
-        cfg = p.train_config(key)
-        if (p.work("students", key, "student.pt").is_file() and not resume_problems(cfg, p.nproc(key))
-                and run_summary(cfg.out)["steps"] == cfg.max_steps):
-            done.append(key)
-    return done
+    """The students whose run is finished here and is the run the profile describes."""
+    return [key for key in p.students if run_is_finished(p.train_config(key), p.nproc(key))]
 
 
 def interim(p: Params, recheck: bool = False) -> dict:
@@ -65,9 +58,29 @@ def interim(p: Params, recheck: bool = False) -> dict:
     evaluate(sub, recorded, expected=before)
     make_figures(sub)
     summary = {"evaluated": [k for k in done if k not in recorded], "recorded": list(recorded), "stale": stale,
-               "pending": [k for k in p.students if k not in keys]}
+               "pending": [k for k in p.students if k not in keys], "compute": study_compute(sub)}
     atomic_write_json(p.results("interim.json"), summary)
     return summary
+
+
+def study_compute(p: Params) -> dict:
+    """What training `p`'s students cost, from the evaluation's rows (training PFLOPs) and the distill
+    stage's results/<profile>/train/<student>.json (wall-clock seconds of its process). A student that
+    continues a shorter one (the same settings but max_steps) is counted once: a chain of them costs
+    what its longest run cost, whose record carries the seconds of the run it continued. Students
+    with no train/<student>.json (a record from a copy without it) count in PFLOPs, not in hours."""
+    rows = {r["source"]: r for r in read_json(p.results("evaluation", "comparison.json"))}
+    chains: dict[str, str] = {}   # the settings but max_steps -> the chain's longest student
+    for key in p.students:
+        cfg = p.train_config(key)
+        chain = repr(dataclasses.replace(cfg, max_steps=1, out=""))
+        if chain not in chains or cfg.max_steps > p.train_config(chains[chain]).max_steps:
+            chains[chain] = key
+    timed = [k for k in chains.values() if p.results("train", f"{k}.json").is_file()]
+    seconds = sum(read_json(p.results("train", f"{k}.json"))["seconds"] for k in timed)
+    return {"students": len(p.students), "trained_runs": len(chains),
+            "training_pflops": sum(rows[k]["train_pflops"] for k in chains.values()),
+            "process_hours": seconds / 3600, "untimed": sorted(set(chains.values()) - set(timed))}
 
 
 def main(argv: list[str] | None = None) -> None:

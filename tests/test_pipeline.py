@@ -111,10 +111,15 @@ def test_a_stage_that_keeps_its_artifacts_renders_the_notebook_a_fresh_run_rende
     repo, _ = smoke
     notebooks = repo / "results/smoke/notebooks"
     fresh = {md.name: md.read_text() for md in notebooks.glob("*.md")}
+    kept = [repo / "work/smoke/pairs/uncond", repo / "work/smoke/students/get-p"]
+    files = lambda: {f: f.stat().st_mtime_ns for d in kept for f in d.rglob("*") if f.is_file()}  # noqa: E731
+    before = files()
     out = run("dvc repro -f -s pairs@uncond distill@get-p", repo)
     assert ran(out) == {"pairs@uncond", "distill@get-p"}
+    assert files() == before and "anew" not in out.stdout + out.stderr   # kept, not made again
     assert {md.name: md.read_text() for md in notebooks.glob("*.md")} == fresh
-    run("dvc repro", repo)   # settle: a kept run's record gains the no-op's wall-clock
+    assert json.loads((repo / "results/smoke/pairs-uncond.json").read_text())["seconds"] is None   # not timed
+    assert ran(run("dvc repro", repo)) == set()   # nothing downstream changed
 
 
 def test_a_broken_param_fails_naming_the_key_and_keeps_the_cache(smoke):

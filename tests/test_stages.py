@@ -24,14 +24,15 @@ def test_a_pair_set_left_by_other_settings_is_replaced_and_a_finished_one_kept(t
     p = smoke_params(tmp_path, num_pairs=120, shard_size=50)
     prepare_data(p)
     make_teacher(p, "uncond")
-    make_pairs(p, "uncond")
+    assert make_pairs(p, "uncond")["seconds"] > 0
     root = p.work("pairs", "uncond")
     first = read_manifest(root)
     assert first["num_pairs"] == 120 and len(first["shards"]) == 3
     inode = (root / first["shards"][0]["file"]).stat().st_ino   # written atomically: a rewrite is a new file
 
-    make_pairs(p, "uncond")   # same settings: the finished set is kept as it is
+    kept = make_pairs(p, "uncond")   # same settings: the finished set is kept as it is (and not timed)
     assert (root / first["shards"][0]["file"]).stat().st_ino == inode
+    assert kept["seconds"] is None and kept["pairs_per_s"] is None
 
     p = smoke_params(tmp_path, num_pairs=80, shard_size=50)   # another count: rebuilt from scratch
     make_pairs(p, "uncond")
@@ -171,3 +172,11 @@ def test_a_study_counts_a_continued_run_once_in_its_compute(tmp_path):
                                 "untimed": []}
     p.results("train", "vit-p-lr.json").unlink()   # a record copied without its timing
     assert study_compute(p)["process_hours"] == 1.0 and study_compute(p)["untimed"] == ["vit-p-lr"]
+    rows.pop(2)                                    # vit-p-lr not scored yet (pending)
+    p.results("evaluation", "comparison.json").write_text(json.dumps(rows))
+    assert study_compute(p)["training_pflops"] == 2.0 and study_compute(p)["untimed"] == []
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())   # under a cosine schedule (tied to its
+    raw["distill"]["lr_schedule"] = "cosine"                        # max_steps) no run continues another
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = load_params(tmp_path / "params.yaml")
+    assert study_compute(p)["trained_runs"] == 2 and study_compute(p)["training_pflops"] == 3.0

@@ -100,8 +100,8 @@ def _distill(p: Params, key: str) -> dict:
 def run_is_finished(cfg: TrainConfig, nproc: int = 1) -> bool:
     """Whether cfg.out holds the finished run `cfg` describes: student.pt written, all max_steps
     done, and nothing `train.resume_problems` objects to (settings, pairs, code, files)."""
-    out = Path(cfg.out)
-    return ((out / "student.pt").is_file() and not resume_problems(cfg, nproc)
+    out = Path(cfg.out)   # (student.pt is written before run.json: a run killed between the two resumes)
+    return ((out / "student.pt").is_file() and (out / "run.json").is_file() and not resume_problems(cfg, nproc)
             and run_summary(out)["steps"] == cfg.max_steps)
 
 

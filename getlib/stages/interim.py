@@ -26,6 +26,7 @@ from getlib.records import evaluation_identity, read_record, record_problems
 from getlib.stages.distill import run_is_finished
 from getlib.stages.evaluate import evaluate
 from getlib.stages.figures import make_figures
+from getlib.train import resumable_changes
 
 
 def finished_students(p: Params) -> list[str]:
@@ -64,16 +65,19 @@ def interim(p: Params, recheck: bool = False) -> dict:
 
 
 def study_compute(p: Params) -> dict:
-    """What training `p`'s students cost, from the evaluation's rows (training PFLOPs) and the distill
-    stage's results/<profile>/train/<student>.json (wall-clock seconds of its process). A student that
-    continues a shorter one (the same settings but max_steps) is counted once: a chain of them costs
-    what its longest run cost, whose record carries the seconds of the run it continued. Students
-    with no train/<student>.json (a record from a copy without it) count in PFLOPs, not in hours."""
+    """What training `p`'s scored students cost, from the evaluation's rows (training PFLOPs) and the
+    distill stage's results/<profile>/train/<student>.json (wall-clock seconds of its process). A
+    student that continues a shorter one (the same settings but max_steps, under a schedule that
+    allows it: `getlib.stages.distill`) is counted once: a chain of them costs what its longest run
+    cost, whose record carries the seconds of the run it continued. Students with no
+    train/<student>.json (a record from a copy without it) count in PFLOPs, not in hours."""
     rows = {r["source"]: r for r in read_json(p.results("evaluation", "comparison.json"))}
     chains: dict[str, str] = {}   # the settings but max_steps -> the chain's longest student
     for key in p.students:
         cfg = p.train_config(key)
-        chain = repr(dataclasses.replace(cfg, max_steps=1, out=""))
+        if rows.get(key, {}).get("train_pflops") is None:
+            continue
+        chain = repr(dataclasses.replace(cfg, max_steps=1, out="")) if "max_steps" in resumable_changes(cfg) else key
         if chain not in chains or cfg.max_steps > p.train_config(chains[chain]).max_steps:
             chains[chain] = key
     timed = [k for k in chains.values() if p.results("train", f"{k}.json").is_file()]

@@ -27,7 +27,8 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
     teacher, sampler and code, every shard intact. Otherwise it is replaced, and the reason printed
     to stderr, as is all this stage finds in work/ (a log: the rendered notebook leaves it out; a
     finished set is also in DVC's cache). With `reuse`, that profile's set is copied in and kept
-    when the same check finds nothing. With pairs.nproc > 1 it runs under torchrun."""
+    when the same check finds nothing. With pairs.nproc > 1 it runs under torchrun. The summary's
+    seconds and pairs/s are None when the set was already complete (nothing generated, nothing timed)."""
     root = p.work("pairs", condition)
     spec = pair_spec(p, condition)
     denoise, ident = load_teacher_of(p, condition)
@@ -36,7 +37,7 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
         print(f"{root}: generating anew: {'; '.join(problems)}", file=sys.stderr, flush=True)
         remove_owned(root, p.work("pairs"))
     source = p.reused("pairs", condition)
-    if source is not None and not (root.exists() and any(root.iterdir())):
+    if source is not None and source.exists() and not (root.exists() and any(root.iterdir())):
         why_not = pair_set_problems(source, spec, ident, p.sampler, verify=False) or (
             [] if (source / MANIFEST).is_file() else [f"{source} holds no pair set"])   # read-only
         if not why_not:   # copied without the checksum cache, then checked in the stage's own folder
@@ -47,6 +48,7 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
                 remove_owned(root, p.work("pairs"))
         print(f"{root}: " + (f"not reusing {source}: {'; '.join(why_not)}" if why_not
                              else f"copied the identical pair set {source}"), file=sys.stderr, flush=True)
+    kept = (root / MANIFEST).is_file() and read_manifest(root, verify=False, complete=False)["complete"]
     start = time.perf_counter()
     if p.pairs.nproc > 1:
         args = ["--teacher", str(p.teacher_file(condition)), "--out", str(root), "--num-pairs", str(spec.num_pairs),
@@ -65,10 +67,10 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
     else:
         device = device_of(p.pairs.device)
         manifest = generate_pairs(denoise.to(device), root, spec, ident, p.sampler, device, progress=progress)
-    seconds = time.perf_counter() - start
+    seconds = None if kept else time.perf_counter() - start   # (a kept set's generation was not timed here)
     summary = {"condition": condition, "num_pairs": manifest["num_pairs"], "shards": len(manifest["shards"]),
                "bytes_per_pair": manifest["bytes_per_pair"],
                "bytes_per_pair_vs_released": manifest["bytes_per_pair_vs_released"],
-               "teacher_nfe": p.sampler.nfe, "seconds": seconds, "pairs_per_s": spec.num_pairs / seconds}
+               "teacher_nfe": p.sampler.nfe, "seconds": seconds, "pairs_per_s": seconds and spec.num_pairs / seconds}
     atomic_write_json(p.results(f"pairs-{condition}.json"), summary)
     return summary

@@ -168,13 +168,13 @@ def test_a_study_counts_a_continued_run_once_in_its_compute(tmp_path):
     p.results("train").mkdir(parents=True)
     for key, seconds in (("vit-p", 1800), ("vit-p-long", 3600), ("vit-p-lr", 5400)):
         p.results("train", f"{key}.json").write_text(json.dumps({"seconds": seconds}))
-    assert study_compute(p) == {"students": 3, "trained_runs": 2, "training_pflops": 3.5, "process_hours": 2.5,
+    assert study_compute(p) == {"scored_students": 3, "trained_runs": 2, "training_pflops": 3.5, "process_hours": 2.5,
                                 "untimed": []}
     p.results("train", "vit-p-lr.json").unlink()   # a record copied without its timing
     assert study_compute(p)["process_hours"] == 1.0 and study_compute(p)["untimed"] == ["vit-p-lr"]
     rows.pop(2)                                    # vit-p-lr not scored yet (pending)
     p.results("evaluation", "comparison.json").write_text(json.dumps(rows))
-    assert study_compute(p)["training_pflops"] == 2.0 and study_compute(p)["untimed"] == []
+    assert study_compute(p)["training_pflops"] == 2.0 and study_compute(p)["scored_students"] == 2
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())   # under a cosine schedule (tied to its
     raw["distill"]["lr_schedule"] = "cosine"                        # max_steps) no run continues another
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))

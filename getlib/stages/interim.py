@@ -72,17 +72,16 @@ def study_compute(p: Params) -> dict:
     cost, whose record carries the seconds of the run it continued. Students with no
     train/<student>.json (a record from a copy without it) count in PFLOPs, not in hours."""
     rows = {r["source"]: r for r in read_json(p.results("evaluation", "comparison.json"))}
+    scored = [k for k in p.students if rows.get(k, {}).get("train_pflops") is not None]
     chains: dict[str, str] = {}   # the settings but max_steps -> the chain's longest student
-    for key in p.students:
+    for key in scored:
         cfg = p.train_config(key)
-        if rows.get(key, {}).get("train_pflops") is None:
-            continue
         chain = repr(dataclasses.replace(cfg, max_steps=1, out="")) if "max_steps" in resumable_changes(cfg) else key
         if chain not in chains or cfg.max_steps > p.train_config(chains[chain]).max_steps:
             chains[chain] = key
     timed = [k for k in chains.values() if p.results("train", f"{k}.json").is_file()]
     seconds = sum(read_json(p.results("train", f"{k}.json"))["seconds"] for k in timed)
-    return {"students": len(p.students), "trained_runs": len(chains),
+    return {"scored_students": len(scored), "trained_runs": len(chains),
             "training_pflops": sum(rows[k]["train_pflops"] for k in chains.values()),
             "process_hours": seconds / 3600, "untimed": sorted(set(chains.values()) - set(timed))}
 

@@ -34,7 +34,8 @@ def child(case: str) -> dict:
 
     from getlib.edm import SamplerConfig
     from getlib.pairs import PairSpec, generate_pairs
-    from getlib.train import TrainConfig, train, training_log
+    from getlib.runs import training_log
+    from getlib.train import TrainConfig, train
 
     model, shape, batch, steps, deq = CASES[case]
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
-from getlib.settings import GET_CONFIGS, SOLVER_NAMES, VIT_CONFIGS, SamplerConfig, TrainConfig
+from getlib.devices import resolve_device
+from getlib.settings import GET_CONFIGS, SOLVER_NAMES, VIT_CONFIGS, SamplerConfig, TeacherConfig, TrainConfig, field_types, typed
 
 __all__ = ["Params", "ParamsError", "load_params", "project_root", "check_name", "device_of", "CONDITIONS"]
 
@@ -74,19 +73,13 @@ class FeaturesParams:
 
 @dataclass
 class TeacherParams:
+    """The teacher section: where the teacher comes from, and (source train) the section's other
+    keys, the embedded teacher's `TeacherConfig` fields, which that dataclass validates."""
     source: str = "train"                 # 'train': the embedded UNet, trained here | 'checkpoint': EDM .pkl files
     checkpoints: dict = field(default_factory=dict)   # source checkpoint: {uncond: path.pkl, cond: path.pkl}
     edm_repo: str | None = None           # source checkpoint: a clone of github.com/NVlabs/edm
     trust_pickle: bool = False            # source checkpoint: unpickle files that are not the official checkpoints
-    channels: list = field(default_factory=lambda: [32, 64, 64])
-    emb_dim: int = 128
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    batch_size: int = 256
-    max_steps: int = 1000
-    ema_halflife_images: float = 50_000
-    ema_rampup_ratio: float = 0.05
-    seed: int = 0
+    train: TeacherConfig = field(default_factory=TeacherConfig)   # source train: the teacher's training
 
     def check(self, key: str) -> None:
         _one_of(f"{key}.source", self.source, ("train", "checkpoint"))
@@ -99,10 +92,6 @@ class TeacherParams:
         for c, path in self.checkpoints.items():
             if not isinstance(path, str):
                 raise ParamsError(f"{key}.checkpoints.{c} must be a path, got {path!r}")
-        if not all(isinstance(c, int) and c > 0 for c in self.channels):
-            raise ParamsError(f"{key}.channels must be a list of positive integers, got {self.channels!r}")
-        _at_least(key, self, max_steps=1, batch_size=1, emb_dim=1, warmup_steps=0, seed=0, ema_rampup_ratio=0)
-        _positive(key, self, "lr", "ema_halflife_images")
 
     def checkpoint(self, condition: str, root: Path) -> Path:
         """The EDM checkpoint for `condition` (source 'checkpoint'); a clear error when it is missing."""
@@ -116,10 +105,9 @@ class TeacherParams:
                               f"CIFAR-10 profiles)")
         return full
 
-    def train_settings(self) -> dict:
-        """The embedded teacher's TeacherConfig fields (without `cond`)."""
-        skip = {"source", "checkpoints", "edm_repo", "trust_pickle"}
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+    def train_config(self, condition: str) -> TeacherConfig:
+        """The embedded teacher of `condition`: its training settings, class-conditional or not."""
+        return dataclasses.replace(self.train, cond=condition == "cond")
 
 
 @dataclass
@@ -273,12 +261,12 @@ class Params:
 
 
 def device_of(name: str) -> torch.device:
-    """The torch device of a params.yaml device setting ('auto': CUDA when torch sees a GPU)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("device cuda was asked for, but torch sees no GPU here (use auto or cpu)")
-    return torch.device(name)
+    """The torch device of a params.yaml device setting ('auto': CUDA when torch sees a GPU), by
+    the one resolver (`devices.resolve_device`); an impossible one is a ParamsError."""
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise ParamsError(str(e)) from None
 
 
 def project_root(start: str | Path = ".") -> Path:
@@ -325,7 +313,7 @@ def load_params(path: str | Path = "params.yaml", root: str | Path | None = None
         conditions=list(conditions),
         data=_section(DataParams, raw.get("data"), "data"),
         features=_section(FeaturesParams, raw.get("features"), "features"),
-        teacher=_section(TeacherParams, raw.get("teacher"), "teacher"),
+        teacher=_teacher(raw.get("teacher")),
         sampler=_section(SamplerConfig, raw.get("sampler"), "sampler"),
         pairs=_section(PairsParams, raw.get("pairs"), "pairs"),
         distill=_distill(raw.get("distill")),
@@ -345,16 +333,55 @@ def load_params(path: str | Path = "params.yaml", root: str | Path | None = None
         params.train_config(key)       # every student's full training settings are valid now
         if s.condition not in params.conditions:
             raise ParamsError(f"students.{key}.condition {s.condition!r} is not in conditions {params.conditions}")
-    e, pairs = params.evaluate, params.pairs
+    _check_across(params)
+    return params
+
+
+def _check_across(p: Params) -> None:
+    """What one setting cannot satisfy with another (or with the data), named by both keys, so that
+    it stops the pipeline on load rather than a stage hours in."""
+    e, pairs = p.evaluate, p.pairs
     if e.seed_start < pairs.seed_start + pairs.num_pairs and pairs.seed_start < e.seed_start + e.seeds * e.num_samples:
         raise ParamsError(f"evaluate.seed_start {e.seed_start}: the evaluation seeds overlap the training pairs' seeds "
                           f"{pairs.seed_start}..{pairs.seed_start + pairs.num_pairs - 1}; students would be scored on "
                           f"latents they were trained on")
-    unused = [c for c in params.conditions if all(s.condition != c for s in params.students.values())]
+    unused = [c for c in p.conditions if all(s.condition != c for s in p.students.values())]
     if unused:
         raise ParamsError(f"conditions lists {unused}, but no student uses it (it would train a teacher for nothing)")
-    if params.features.network == "inception" and params.data.dataset != "cifar10":
+    if p.features.network == "inception" and p.data.dataset != "cifar10":
         raise ParamsError("features.network inception is for dataset cifar10 (Inception needs 3-channel images)")
+    if p.data.dataset == "digits" and e.num_samples > p.data.held_out:
+        raise ParamsError(f"evaluate.num_samples {e.num_samples} is more than data.held_out {p.data.held_out}: the "
+                          f"real-data floor is scored on that many held-out images, as every source is")
+    shards = -(-pairs.num_pairs // pairs.shard_size)
+    for key in p.students:
+        cfg, world, where = p.train_config(key), p.nproc(key), f"students.{key} (with distill)"
+        if shards < world:
+            raise ParamsError(f"{where}: nproc {world} ranks need a shard each, but pairs.num_pairs {pairs.num_pairs} "
+                              f"in shards of pairs.shard_size {pairs.shard_size} make {shards}")
+        if cfg.batch_size % world:
+            raise ParamsError(f"{where}: batch_size {cfg.batch_size} is not divisible by nproc {world}")
+        size, n_all = pairs.shard_size, pairs.num_pairs   # rank r trains on shards r, r + world, ... (PairDataset)
+        per_rank = min(sum(min(size, n_all - j * size) for j in range(r, shards, world)) for r in range(world))
+        n = per_rank if cfg.num_pairs is None else cfg.num_pairs // world
+        if n > per_rank:
+            raise ParamsError(f"{where}: num_pairs {cfg.num_pairs} is more than the pair set holds: pairs.num_pairs "
+                              f"{n_all} ({per_rank} on each of {world} rank(s))")
+        if n < cfg.batch_size // world:
+            raise ParamsError(f"{where}: batch_size {cfg.batch_size} takes {cfg.batch_size // world} pairs per rank, "
+                              f"more than pairs.num_pairs {n_all} gives each of its {world} rank(s) ({n})")
+
+
+def _teacher(raw: object) -> TeacherParams:
+    """The teacher section: its source keys, and its other keys as the embedded teacher's TeacherConfig."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ParamsError(f"teacher must be a mapping, got {raw!r}")
+    if "cond" in raw or "train" in raw:
+        raise ParamsError(f"teacher sets {sorted({'cond', 'train'} & set(raw))}: the pipeline sets cond per condition")
+    source_keys = {f.name for f in dataclasses.fields(TeacherParams)} - {"train"}
+    params = _section(TeacherParams, {k: v for k, v in raw.items() if k in source_keys}, "teacher")
+    params.train = _section(TeacherConfig, {k: v for k, v in raw.items() if k not in source_keys}, "teacher")
     return params
 
 
@@ -390,8 +417,11 @@ def _check_nproc(key: str, nproc: object) -> None:
 def _numbers(settings: dict, key: str) -> dict:
     """Training settings with YAML 1.1's strings for numbers like 1e-3 read as floats."""
     floats = {f.name for f in dataclasses.fields(TrainConfig) if "float" in str(f.type)}
-    return {k: _typed(f"{key}.{k}", v, float) if isinstance(v, str) and k in floats else v
-            for k, v in settings.items()}
+    try:
+        return {k: typed(f"{key}.{k}", v, float, from_yaml=True) if isinstance(v, str) and k in floats else v
+                for k, v in settings.items()}
+    except ValueError as e:
+        raise ParamsError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -411,18 +441,11 @@ def _at_least(key: str, section: object, **minimum: int) -> None:
             raise ParamsError(f"{key}.{name} must be >= {low}, got {value!r}")
 
 
-def _positive(key: str, section: object, *names: str) -> None:
-    for name in names:
-        value = getattr(section, name)
-        if value is not None and not value > 0:
-            raise ParamsError(f"{key}.{name} must be > 0, got {value!r}")
-
-
 def _section(cls: type, raw: object, key: str):
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ParamsError(f"{key} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -431,7 +454,10 @@ def _section(cls: type, raw: object, key: str):
                       and f.default_factory is dataclasses.MISSING and n not in raw)
     if required:
         raise ParamsError(f"{key} lacks {required}")
-    values = {name: _typed(f"{key}.{name}", value, hints[name]) for name, value in raw.items()}
+    try:
+        values = {name: typed(f"{key}.{name}", value, hints[name], from_yaml=True) for name, value in raw.items()}
+    except ValueError as e:
+        raise ParamsError(str(e)) from None
     try:
         obj = cls(**values)
     except (ValueError, TypeError) as e:
@@ -439,27 +465,3 @@ def _section(cls: type, raw: object, key: str):
     if hasattr(obj, "check"):
         obj.check(key)
     return obj
-
-
-def _typed(key: str, value: object, hint: object) -> object:
-    """`value` as type `hint` (YAML 1.1 reads 1e-3 as a string: accept it as a float), or an error."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for t in options:
-        origin = typing.get_origin(t) or t
-        if t is type(None) and value is None:
-            return None
-        if origin is float and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                continue
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if origin in (str, bool, list, dict) and isinstance(value, origin):
-            return value
-    names = " or ".join("null" if t is type(None) else {float: "a number", int: "an integer", str: "a string",
-                        bool: "true/false", list: "a list", dict: "a mapping"}.get(typing.get_origin(t) or t, str(t))
-                        for t in options)
-    raise ParamsError(f"{key} must be {names}, got {value!r}")

@@ -23,7 +23,7 @@ from getlib.models import GET
 
 __all__ = ["sample_student", "iteration_sweep", "DECODING_RULES", "decoding_rule", "decoding_rules",
            "fixed_point_diagnostics", "deq_analysis", "scores_over_seeds", "compare", "flops_per_sample", "training_cost",
-           "throughput"]
+           "attention_share", "throughput"]
 
 # Which iterate of a GET's sampling solve is decoded (DEQConfig overrides). 'abs' is the paper's rule.
 DECODING_RULES: dict[str, dict] = {
@@ -272,6 +272,31 @@ def training_cost(student: nn.Module, loss: str = "l1", gamma: float = 0.8) -> d
         efficient.deq_cfg = efficient.deq_cfg.replace(memory_efficient=True)
         cost["activations_kib_per_image_memory_efficient"] = one_step(efficient)[1]
     return cost
+
+
+def attention_share(model: nn.Module, training: bool = False, **deq_overrides: object) -> dict:
+    """How much of `model`'s FLOPs per sample, at its own input size, attention itself takes: the
+    score and value products (QK^T and AV, in SDPA) over everything `_flop_counter` counts. Eval
+    mode: one sampling call (as `flops_per_sample`; `deq_overrides` go to a GET's solve); with
+    `training`: one training step's forward and backward (as `training_cost`), where torch's SDPA
+    backward formula costs 2.5x its forward. Returns {flops, attention_flops, attention_share}."""
+    import copy
+
+    from getlib.deq import LOSSES, fp_correction
+
+    model = copy.deepcopy(model).cpu().train(training).requires_grad_(training)
+    x = torch.zeros(1, model.in_channels, model.input_size, model.input_size)
+    labels = torch.zeros(1, dtype=torch.long) if model.cond else None
+    counter = _flop_counter()
+    with counter, torch.set_grad_enabled(training):
+        out = model(x, labels, **(deq_overrides if isinstance(model, GET) else {}))
+        if training:
+            total, _ = fp_correction(LOSSES["l1"], out if isinstance(out, list) else [out], torch.zeros_like(x), 0.8)
+            total.backward()
+    counts = counter.get_flop_counts()["Global"]
+    flops = int(sum(counts.values()))
+    attention = int(sum(v for op, v in counts.items() if "scaled_dot_product" in str(op)))
+    return {"flops": flops, "attention_flops": attention, "attention_share": attention / flops if flops else 0.0}
 
 
 def throughput(fn: Callable[[], object], batch: int, repeats: int = 3, device: torch.device | str = "cpu") -> dict:

@@ -18,6 +18,8 @@ __all__ = ["sample_panels", "line_plot", "band_plot", "iterations_plot", "fixed_
 # Plots (matplotlib, written as PNG)
 # ------------------------------------------------------------------------------------------------
 
+TILE_INCHES = 0.6   # the least width of one image in a sample figure (at 120 dpi: 72 pixels)
+
 def _save(fig, path: str | Path) -> Path:
     import io as _io
 
@@ -37,8 +39,14 @@ def _figure(*args, **kwargs):
 
 
 def sample_panels(panels: dict[str, Tensor], path: str | Path, nrow: int, title: str = "") -> Path:
-    """Side-by-side sample grids (model space images), one panel per source, same seeds in each."""
-    fig, axes = _figure(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    """Side-by-side sample grids (model space images), one panel per source, same seeds in each; each
+    image at least TILE_INCHES wide (nearest-neighbour enlargement), so a small digit is readable."""
+    n = max(len(v) for v in panels.values())
+    cols = nrow or math.ceil(math.sqrt(n))
+    side = max(3.2, 1.15 * TILE_INCHES * cols)   # (1.15: the grid's padding between images, the gaps between panels)
+    fig, axes = _figure(1, len(panels), squeeze=False,
+                        figsize=(side * len(panels), 1.15 * TILE_INCHES * math.ceil(n / cols) + 0.8))
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, wspace=0.1)
     for ax, (name, images) in zip(axes[0], panels.items()):
         grid = image_grid(images, nrow)
         ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
@@ -138,9 +146,12 @@ def fixed_point_plot(rows: list[dict], path: str | Path, title: str = "") -> Pat
 
 
 def image_rows(rows: dict[str, Tensor], path: str | Path, title: str = "") -> Path:
-    """One labelled row of images (model space) per source, e.g. an interpolation per model."""
-    fig, axes = _figure(len(rows), 1, figsize=(1.0 + 0.55 * max(len(v) for v in rows.values()), 0.9 * len(rows) + 0.6),
-                        squeeze=False)
+    """One labelled row of images (model space) per source, e.g. an interpolation per model; each
+    image TILE_INCHES wide."""
+    fig, axes = _figure(len(rows), 1, squeeze=False,
+                        figsize=(1.0 + 1.2 * TILE_INCHES * max(len(v) for v in rows.values()),
+                                 (TILE_INCHES + 0.3) * len(rows) + 0.6))
+    fig.subplots_adjust(left=0.2, right=0.99)
     for ax, (name, images) in zip(axes[:, 0], rows.items()):
         grid = image_grid(images, nrow=len(images), scale=4)
         ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")

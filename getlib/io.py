@@ -5,6 +5,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ import torch
 
 __all__ = ["atomic_write", "atomic_write_json", "atomic_write_csv", "atomic_torch_save", "atomic_save_npz",
            "file_sha256", "first_line", "atomic_copy", "atomic_copytree", "inside", "remove_owned", "read_csv", "read_json",
-           "write_results"]
+           "cell_text", "write_results"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None],
@@ -142,16 +143,22 @@ def read_json(path: str | Path) -> list:
     return json.loads(Path(path).read_text()) if Path(path).exists() else []
 
 
+def cell_text(v: object) -> str:
+    """A table cell as the Markdown tables and the notebooks show it: a float to 4 significant digits,
+    "-" where there is no value (None, NaN, a row without the column: not applicable)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def write_results(rows: list[dict], folder: str | Path, name: str, title: str, note: str = "") -> None:
-    """rows -> folder/name.json, name.csv and name.md (a Markdown table under `title`)."""
+    """rows -> folder/name.json, name.csv and name.md (a Markdown table under `title`, cells by
+    `cell_text`)."""
     folder = Path(folder)
     atomic_write_json(folder / f"{name}.json", rows)
     cols = list(dict.fromkeys(k for r in rows for k in r))
 
-    def fmt(v: object) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else "n/a" if v is None else str(v)
-
     atomic_write_csv(rows, folder / f"{name}.csv", cols)
     lines = [f"# {title}", ""] + ([note, ""] if note else []) + ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell_text(r.get(c)) for c in cols) + " |" for r in rows]
     atomic_write(folder / f"{name}.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -125,14 +126,20 @@ def fid_kid(feats: np.ndarray, reference: np.ndarray) -> dict:
     kernel_distance averages over random subsets drawn from numpy's global generator: it is seeded
     here (and the caller's state restored) so that the same images always give the same KID."""
     from cleanfid.fid import fid_from_feats, kernel_distance
+    from scipy.linalg import LinAlgWarning
     state = np.random.get_state()
     try:
         np.random.seed(0)
         kid = float(kernel_distance(_unit_scale(feats), _unit_scale(reference)))
     finally:
         np.random.set_state(state)
-    return {"fid": float(fid_from_feats(feats, reference)), "kid": kid,
-            "n": int(len(feats)), "n_reference": int(len(reference))}
+    with warnings.catch_warnings():
+        # With fewer images than feature dimensions (or dead ReLU units) a covariance is singular:
+        # expected, and handled by clean-fid (sqrtm's result is checked and eps added to the
+        # diagonals when it is not finite). scipy's LinAlgWarning would only print a local path.
+        warnings.filterwarnings("ignore", message="Matrix is singular", category=LinAlgWarning)
+        fid = float(fid_from_feats(feats, reference))
+    return {"fid": fid, "kid": kid, "n": int(len(feats)), "n_reference": int(len(reference))}
 
 
 @torch.no_grad()

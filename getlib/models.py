@@ -17,6 +17,7 @@ defaults (32x32x3, unconditional); keyword arguments change the data shape, cond
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pickle
 import zipfile
 from functools import partial
@@ -457,6 +458,20 @@ def load_released(path: str | Path, model_name: str, cond: bool = False, ema: bo
         raise ValueError(f"{path}: '{key}' weights do not fit {model_name} (cond={cond}): {detail}.{hint}")
     model.load_state_dict(state)
     return model.eval()
+
+
+def model_kwargs(model: nn.Module) -> dict:
+    """What `build_model` needs, beside the name, to rebuild `model` (a GET's DEQ recipe included)."""
+    kw = dict(input_size=model.input_size, in_channels=model.in_channels, cond=model.cond,
+              num_classes=model.num_classes)
+    if isinstance(model, GET):
+        kw["deq"] = dataclasses.asdict(model.deq_cfg)
+    return kw
+
+
+def student_blob(model_name: str, ema: nn.Module, summary: dict) -> dict:
+    """What `load_student` reads (student.pt, snapshots): the EMA weights and how to rebuild the model."""
+    return {"model_name": model_name, "model_kwargs": model_kwargs(ema), "ema": ema.state_dict(), "summary": summary}
 
 
 def load_student(path: str | Path) -> nn.Module:

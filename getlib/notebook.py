@@ -10,6 +10,15 @@ without running anything. The rendering leaves out what says where and when it r
 timings (notebook metadata) and the stderr streams (warnings and logs, which name local paths; they
 stay in the executed notebook). The notebooks show no timings of their own but the measured speeds
 of the evaluation (images/s), as its tables do.
+
+Publishing. Every notebook's `parameters` cell holds `publish = False`, and this command alone
+executes it with `publish = True` (a bool: `-p publish ...` is refused, the command always
+publishes). The notebook hands it to `set_publish`, and the stage functions write their
+results/<profile>/ files only while `publishing()` is true. So a notebook run by hand (JupyterLab)
+does its stage's work (work/<profile>/ is DVC's: a stage's artifacts there are the same bytes each
+run) but writes nothing under results/: `git status` stays clean. The figures stage, whose notebook
+shows the files it writes, then writes them under work/<profile>/unpublished/ instead. Stage
+functions called from Python (tests, `getlib.stages.interim`, a second worker) publish, as before.
 """
 from __future__ import annotations
 
@@ -18,11 +27,39 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from getlib.io import atomic_write, remove_owned
 
-__all__ = ["render_markdown", "main"]
+__all__ = ["render_markdown", "set_publish", "publishing", "unpublished", "main"]
+
+_publish = True   # stage functions called from Python publish; a notebook sets its `publish` parameter
+
+
+def set_publish(publish: bool) -> None:
+    """Whether the stage functions of this process write results/<profile>/ (the notebook's
+    `publish` parameter: True only under the stage command, `main`)."""
+    global _publish
+    if not isinstance(publish, bool):   # (a string 'False' would be true)
+        raise TypeError(f"publish must be True or False, got {publish!r}")
+    _publish = publish
+
+
+def publishing() -> bool:
+    """Whether a stage function writes its results/<profile>/ files now (`set_publish`)."""
+    return _publish
+
+
+@contextmanager
+def unpublished():
+    """Run stage functions without writing results/<profile>/ (as a notebook run by hand does)."""
+    before = _publish
+    set_publish(False)
+    try:
+        yield
+    finally:
+        set_publish(before)
 
 
 def render_markdown(executed: str | Path, rendered: str | Path) -> list[Path]:
@@ -65,12 +102,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("executed", help="where the executed notebook goes (.ipynb)")
     parser.add_argument("rendered", help="where its Markdown rendering goes (.md)")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="a parameter of the notebook's parameters cell (a string)")
+                        help="a parameter of the notebook's parameters cell (a string); publish is always True")
     args = parser.parse_args(argv)
+    parameters = dict(args.p)
+    if "publish" in parameters:
+        parser.error("-p publish: the stage command always publishes (publish = True); "
+                     "run the notebook by hand to leave results/ as it is")
     import papermill
 
     Path(args.executed).parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(args.notebook, args.executed, parameters=dict(args.p), progress_bar=False)
+    papermill.execute_notebook(args.notebook, args.executed, parameters={**parameters, "publish": True},
+                               progress_bar=False)
     for path in render_markdown(args.executed, args.rendered):
         print(path)
 

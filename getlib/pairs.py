@@ -31,12 +31,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from getlib.cli import add_flags, as_flags, read_flags
+from getlib.devices import resolve_device
 from getlib.edm import Denoiser, SamplerConfig, edm_sampler, latents_for_seeds
 from getlib.io import atomic_write, atomic_write_json, file_sha256, first_line
 from getlib.provenance import RECORD, code_fingerprint, read_record, write_record
 
 __all__ = ["PairSpec", "generate_pairs", "PairDataset", "import_released_pairs", "read_manifest",
-           "verify_pairs", "released_bytes_per_pair", "pair_set_problems", "VERIFIED"]
+           "verify_pairs", "released_bytes_per_pair", "pair_set_problems", "cli_args", "VERIFIED"]
 
 FORMAT = "getlib-pairs/1"
 MANIFEST = "manifest.json"
@@ -554,9 +556,14 @@ def _import(src: Path, root: Path, lat_files: list[Path], img_files: list[Path],
 # Command line: python -m getlib.pairs ... (torchrun for several GPUs)
 # ------------------------------------------------------------------------------------------------
 
+def cli_args(spec: PairSpec, sampler: SamplerConfig) -> list[str]:
+    """The pair set's settings as the flags `main` reads back to the same `PairSpec` and
+    `SamplerConfig` (the teacher, out folder and device are flags of their own)."""
+    return as_flags(spec) + as_flags(sampler)
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    import os
 
     import torch.distributed as dist
 
@@ -564,53 +571,46 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(prog="python -m getlib.pairs", description=(
         "Generate teacher noise/image pairs into a sharded, checksummed pair set (resumable). "
-        "Under torchrun every rank generates its share of the shards."))
+        "Under torchrun every rank generates its share of the shards. Every PairSpec and "
+        "SamplerConfig field is a flag (YAML values: --image_shape [3,32,32])."))
     ap.add_argument("--teacher", required=True, help="embedded teacher .pt or official EDM .pkl")
     ap.add_argument("--edm-repo", help="folder of github.com/NVlabs/edm (for .pkl teachers)")
     ap.add_argument("--trust-pickle", action="store_true",
                     help="unpickle a .pkl teacher that is not one of the official checkpoints (it runs code)")
     ap.add_argument("--out", required=True, help="pair set folder")
-    ap.add_argument("--num-pairs", type=int, required=True)
-    ap.add_argument("--seed-start", type=int, default=0)
-    ap.add_argument("--shard-size", type=int, default=10_000)
-    ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--image-dtype", default="float16", choices=["float16", "float32"])
-    ap.add_argument("--num-classes", type=int, default=None, help="class-conditional teacher: number of classes")
-    ap.add_argument("--image-shape", type=int, nargs=3, required=True, metavar=("C", "H", "W"))
-    ap.add_argument("--steps", type=int, default=18)
-    ap.add_argument("--solver", default="heun", choices=["heun", "euler"])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args(argv)
+    ap.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
+    add_flags(ap, PairSpec)
+    add_flags(ap, SamplerConfig)
+    args = vars(ap.parse_args(argv))
+    spec = PairSpec(**read_flags({k: v for k, v in args.items() if k in PairSpec.__dataclass_fields__}, PairSpec))
+    sampler = SamplerConfig(**read_flags({k: v for k, v in args.items() if k in SamplerConfig.__dataclass_fields__},
+                                         SamplerConfig))
+    out = Path(args["out"])
 
-    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    rank, world = 0, 1
-    device = torch.device(args.device)
-    if distributed:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(args["device"], int(os.environ.get("LOCAL_RANK", 0)))
+    rank = 0
+    if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
+        rank = dist.get_rank()
         if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
-    denoise, teacher_id = teacher_from_checkpoint(args.teacher, args.edm_repo, args.trust_pickle)
+    denoise, teacher_id = teacher_from_checkpoint(args["teacher"], args["edm_repo"], args["trust_pickle"])
     denoise = denoise.to(device)
-    spec = PairSpec(num_pairs=args.num_pairs, image_shape=tuple(args.image_shape), num_classes=args.num_classes,
-                    seed_start=args.seed_start, shard_size=args.shard_size, image_dtype=args.image_dtype,
-                    batch_size=args.batch_size)
-    sampler = SamplerConfig(num_steps=args.steps, solver=args.solver)
     report = (lambda done, total: print(f"rank {rank}: shard {done}/{total}", flush=True)) if rank == 0 else None
     if rank == 0:   # refuse a folder it cannot finish before writing anything into it
-        _refuse_problems(Path(args.out), spec, teacher_id, sampler)
-        start_pairs(Path(args.out), _header(spec, teacher_id, sampler, "seeds"))
-    if distributed:
+        _refuse_problems(out, spec, teacher_id, sampler)
+        start_pairs(out, _header(spec, teacher_id, sampler, "seeds"))
+    if world > 1:
         dist.barrier()  # the manifest exists before the other ranks check it
-    manifest = generate_pairs(denoise, args.out, spec, teacher_id, sampler, device, rank, world, report)
-    if distributed:
+    manifest = generate_pairs(denoise, out, spec, teacher_id, sampler, device, rank, world, report)
+    if world > 1:
         dist.barrier()
         if rank == 0 and manifest is None:
-            manifest = generate_pairs(denoise, args.out, spec, teacher_id, sampler, device, 0, world)
+            manifest = generate_pairs(denoise, out, spec, teacher_id, sampler, device, 0, world)
         dist.destroy_process_group()
     if rank == 0:
-        print(f"{manifest['num_pairs']} pairs in {len(manifest['shards'])} shards at {args.out} "
+        print(f"{manifest['num_pairs']} pairs in {len(manifest['shards'])} shards at {out} "
               f"({manifest['bytes_per_pair']} bytes per pair, {manifest['bytes_per_pair_vs_released']:.2f}x "
               f"the released format)")
 

@@ -4,16 +4,18 @@ A run's weights live in work/<profile>/ (git-ignored), which a study spanning se
 keep. Its record does: every evaluation row of that student (comparison, iterations, decoding,
 fixed_point, training) beside two identities that say what the rows are a function of:
 - `run`: the settings the profile gives the run (those its checkpoint was checked to hold by
-  `train.resume_problems`), its pair set's manifest sha256, the training code's fingerprint, the
+  `runs.resume_problems`), its pair set's manifest sha256, the training code's fingerprint, the
   number of processes, and the machine: torch's build and the CPU's instruction set or the GPU. That
   is the machine that evaluates the run, which is the one that trained it: a run folder lives in
-  work/, which no session or machine shares, and `train.reuse_problems` copies runs only within one;
+  work/, which no session or machine shares, and `runs.reuse_problems` copies runs only within one;
 - `evaluation`: the evaluate params, the feature network's files (sha256), the fingerprint of
   the scoring code (getlib.evaluate's import closure), the sha256 of the two files that put the rows
   together (getlib/stages/evaluate.py, this file) and the machine.
 A record stands for its run only while both identities equal those the profile gives now; any
 difference (a setting, the pairs, the code, the machine) makes it stale, and `record_problems` says
-which. Training is deterministic for a given machine (and thread count), not across machines.
+which. One exception: a code change that benchmarks/code_equivalence.py found to make the same bytes
+and rows is listed in results/code_equivalence.json, and a record made by the earlier code counts
+as made by the later. Training is deterministic for a given machine (and thread count), not across machines.
 """
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ import torch
 from getlib.config import Params, device_of
 from getlib.io import atomic_write_json, file_sha256, read_json
 from getlib.provenance import PACKAGE, code_fingerprint
-from getlib.train import _OUTPUT_NEUTRAL, _jsonable, _provenance, _settings
+from getlib.runs import OUTPUT_NEUTRAL, jsonable, run_provenance, run_settings
 
-__all__ = ["TABLES", "machine", "run_identity", "evaluation_identity", "record_path", "write_record", "read_record",
+__all__ = ["TABLES", "EQUIVALENCES", "as_current_code", "machine", "run_identity", "evaluation_identity", "record_path", "write_record", "read_record",
            "record_problems", "score_differences"]
 
 TABLES = ("comparison", "iterations", "decoding", "fixed_point", "training")
@@ -35,6 +37,8 @@ TABLES = ("comparison", "iterations", "decoding", "fixed_point", "training")
 TIMED = {"images_per_s", "peak_mib"}
 # The glue that turns scores into rows (outside getlib.evaluate's closure): a record holds its sha256.
 ROWS_CODE = ("stages/evaluate.py", "records.py")
+# Code changes shown to leave runs and rows unchanged (benchmarks/code_equivalence.py writes it).
+EQUIVALENCES = PACKAGE.parent / "results" / "code_equivalence.json"
 
 
 def machine(device: torch.device) -> str:
@@ -49,14 +53,14 @@ def machine(device: torch.device) -> str:
 def run_identity(p: Params, key: str) -> dict:
     """What student `key`'s weights are a function of, as the profile gives it now."""
     cfg = p.train_config(key)
-    return _jsonable({"settings": {**_settings(cfg), "world_size": p.nproc(key)}, **_provenance(cfg),
+    return jsonable({"settings": {**run_settings(cfg), "world_size": p.nproc(key)}, **run_provenance(cfg),
                    "device": machine(device_of(cfg.device))})
 
 
 def evaluation_identity(p: Params) -> dict:
     """What an evaluation row is a function of besides the run: evaluate params, features, code."""
     features = p.work("features")
-    return _jsonable({"evaluate": {k: v for k, v in dataclasses.asdict(p.evaluate).items() if k != "device"},
+    return jsonable({"evaluate": {k: v for k, v in dataclasses.asdict(p.evaluate).items() if k != "device"},
                    "features": {f.name: file_sha256(f) for f in sorted(features.glob("*"))
                                 if f.suffix in (".npy", ".pt")},
                    "code": code_fingerprint("getlib.evaluate"),
@@ -94,15 +98,32 @@ def _differences(recorded: dict, now: dict, where: str) -> list[str]:
             if recorded.get(k) != now.get(k)]
 
 
+def as_current_code(record: dict) -> dict:
+    """`record` with its code identities carried forward through results/code_equivalence.json: an
+    identity that an equivalence's earlier code had becomes its later code's (in the file's order)."""
+    run, evaluation = dict(record["run"]), dict(record["evaluation"])
+    evaluation["rows_code"] = dict(evaluation.get("rows_code", {}))
+    for step in (read_json(EQUIVALENCES) if EQUIVALENCES.is_file() else []):   # a step names what it showed
+        if "train_code" in step and run.get("code") == step["train_code"][0]:
+            run["code"] = step["train_code"][1]
+        if "evaluate_code" in step and evaluation.get("code") == step["evaluate_code"][0]:
+            evaluation["code"] = step["evaluate_code"][1]
+        for name, (before, after) in step.get("rows_code", {}).items():
+            if evaluation["rows_code"].get(name) == before:
+                evaluation["rows_code"][name] = after
+    return {**record, "run": run, "evaluation": evaluation}
+
+
 def record_problems(p: Params, key: str, record: dict, evaluation: dict | None = None) -> list[str]:
     """Why `record` does not stand for student `key` of this profile now; [] when it does.
     `evaluation`: evaluation_identity(p), when the caller has it already."""
+    record = as_current_code(record)
     run = record["run"]
     try:
         now = run_identity(p, key)
     except FileNotFoundError as e:   # the pair set is not here: nothing to compare the record with
         return [f"{e.filename} is not here: make the pair set (its stage) to check this record"]
-    shaping = lambda settings: {k: v for k, v in settings.items() if k not in _OUTPUT_NEUTRAL}  # noqa: E731
+    shaping = lambda settings: {k: v for k, v in settings.items() if k not in OUTPUT_NEUTRAL}  # noqa: E731
     problems = _differences(shaping(run.get("settings", {})), shaping(now["settings"]), "settings")
     problems += _differences({k: v for k, v in run.items() if k != "settings"},
                              {k: v for k, v in now.items() if k != "settings"}, "run")
@@ -121,7 +142,7 @@ def score_differences(recorded: dict[str, list[dict]], now: dict[str, list[dict]
             problems.append(f"{name}: {len(a)} recorded rows, {len(b)} now")
             continue
         for i, (x, y) in enumerate(zip(a, b)):
-            x, y = ({k: v for k, v in _jsonable(r).items() if k not in TIMED} for r in (x, y))
+            x, y = ({k: v for k, v in jsonable(r).items() if k not in TIMED} for r in (x, y))
             if x != y:
                 diff = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
                 problems.append(f"{name} row {i}: " + ", ".join(f"{k} {x.get(k)!r} -> {y.get(k)!r}" for k in diff))

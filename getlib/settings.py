@@ -9,16 +9,67 @@ The registries' names are listed here; tests check that they equal the registrie
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["SamplerConfig", "DEQConfig", "DEQ_RECIPES", "recipe_of", "TeacherConfig", "TrainConfig", "GET_CONFIGS",
+__all__ = ["typed", "check_types", "field_types", "SamplerConfig", "DEQConfig", "DEQ_RECIPES", "recipe_of", "TeacherConfig", "TrainConfig", "GET_CONFIGS",
            "VIT_CONFIGS", "SOLVER_NAMES", "GRADIENT_NAMES", "LOSS_NAMES", "PRECISIONS"]
 
 SOLVER_NAMES = ("anderson", "fixed_point_iter")           # deq.SOLVERS
 GRADIENT_NAMES = ("implicit", "phantom", "unrolled")       # deq.GRADIENTS
 LOSS_NAMES = ("l1", "l2")                                  # deq.LOSSES, per supervised state
 PRECISIONS = ("auto", "fp32", "bf16")                      # train: auto = bf16 autocast on CUDA, fp32 on CPU
+
+
+# ------------------------------------------------------------------------------------------------
+# Types: the one check of a setting's type, for the dataclasses here and for params.yaml's sections
+# ------------------------------------------------------------------------------------------------
+
+_TYPE_NAMES = {float: "a number", int: "an integer", str: "a string", bool: "true/false", list: "a list",
+               dict: "a mapping", tuple: "a list"}
+
+
+def typed(key: str, value: object, hint: object, from_yaml: bool = False) -> object:
+    """`value` as type `hint` (an int is a number; a bool is neither), or a ValueError naming `key`.
+    `from_yaml`: a string that reads as a number is one (YAML 1.1 reads 1e-3 as a string) and an
+    integer given for a number becomes a float; otherwise the value is returned as it is."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for t in options:
+        origin = typing.get_origin(t) or t
+        if t is type(None) and value is None:
+            return None
+        if origin is float and isinstance(value, str) and from_yaml:
+            try:
+                return float(value)
+            except ValueError:
+                continue
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) if from_yaml else value
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin in (str, bool, list, dict, tuple) and isinstance(value, origin):
+            return value
+        if origin is tuple and isinstance(value, list) and from_yaml:   # YAML has lists; the dataclass makes the tuple
+            return value
+    names = " or ".join("null" if t is type(None) else _TYPE_NAMES.get(typing.get_origin(t) or t, str(t))
+                        for t in options)
+    raise ValueError(f"{key} must be {names}, got {value!r}")
+
+
+@functools.cache
+def field_types(cls: type) -> dict:
+    """The declared type of each field of dataclass `cls` (its annotations, evaluated)."""
+    return typing.get_type_hints(cls)
+
+
+def check_types(settings: object, what: str) -> None:
+    """Every field of the dataclass instance `settings` holds its declared type (`typed`)."""
+    hints = field_types(type(settings))
+    for f in dataclasses.fields(settings):
+        typed(f"{what} {f.name}", getattr(settings, f.name), hints[f.name])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -35,6 +86,9 @@ GET_CONFIGS: dict[str, dict] = {
     # small configs for the embedded digits profile (pass input_size=8, in_channels=1)
     "GET-P/2":  dict(hidden_size=64, depth=2, num_heads=4, deq_mlp_ratio=4),
     "GET-N/2":  dict(hidden_size=96, depth=2, num_heads=6, deq_mlp_ratio=4),
+    # GET-P/2 at patch 1: 64 tokens on the 8x8 digits instead of 16, the same blocks (291,201
+    # parameters against 288,516: only the patch embedding, positions and decoder differ)
+    "GET-P/1":  dict(hidden_size=64, depth=2, num_heads=4, deq_mlp_ratio=4, patch_size=1),
 }
 
 _VIT_SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
@@ -47,6 +101,8 @@ VIT_CONFIGS.update({
     "ViT-P/2": dict(hidden_size=64, depth=6, num_heads=4, patch_size=2),
     "ViT-N/2": dict(hidden_size=96, depth=6, num_heads=6, patch_size=2),
     "ViT-U/2": dict(hidden_size=128, depth=6, num_heads=8, patch_size=2),
+    # ViT-P/2 at patch 1 (64 tokens on the digits; 304,321 parameters), GET-P/1's baseline
+    "ViT-P/1": dict(hidden_size=64, depth=6, num_heads=4, patch_size=1),
 })
 
 # ------------------------------------------------------------------------------------------------
@@ -63,6 +119,7 @@ class SamplerConfig:
     solver: str = "heun"
 
     def __post_init__(self):
+        check_types(self, "sampler")
         if self.solver not in ("heun", "euler"):
             raise ValueError(f"sampler solver must be 'heun' or 'euler', got {self.solver!r}")
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -120,10 +177,7 @@ class DEQConfig:
     state_norm: bool = False
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value, kind = getattr(self, f.name), {"str": str, "int": int, "float": (int, float), "bool": bool}[f.type]
-            if not isinstance(value, kind) or (f.type in ("int", "float") and isinstance(value, bool)):
-                raise ValueError(f"DEQ setting {f.name} must be {f.type}, got {value!r}")
+        check_types(self, "DEQ setting")
         for key in ("f_solver", "b_solver", "eval_f_solver"):
             if getattr(self, key) not in SOLVER_NAMES:
                 raise ValueError(f"unknown DEQ solver {key}={getattr(self, key)!r}; choose one of {sorted(SOLVER_NAMES)}")
@@ -205,7 +259,18 @@ class TeacherConfig:
     seed: int = 0
 
     def __post_init__(self):
-        self.channels = tuple(self.channels)
+        self.channels = tuple(self.channels) if isinstance(self.channels, (list, tuple)) else self.channels
+        check_types(self, "teacher setting")
+        if not self.channels or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in self.channels):
+            raise ValueError(f"channels must be a list of positive integers, got {list(self.channels)!r}")
+        for key, low in (("emb_dim", 1), ("batch_size", 1), ("max_steps", 1), ("warmup_steps", 0), ("seed", 0),
+                         ("ema_rampup_ratio", 0)):
+            if not getattr(self, key) >= low:   # (NaN is refused too)
+                raise ValueError(f"{key} must be >= {low}, got {getattr(self, key)!r}")
+        for key in ("lr", "ema_halflife_images", "time_budget_s"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < math.inf:
+                raise ValueError(f"{key} must be > 0 and finite, got {value!r}")
 
 # ------------------------------------------------------------------------------------------------
 # A distillation run (train.train)
@@ -244,16 +309,13 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"                  # 'auto' | 'cpu' | 'cuda'
     precision: str = "auto"               # 'auto': bf16 autocast on CUDA, float32 on CPU | 'fp32' | 'bf16' (any device)
-    compile: bool = False                 # torch.compile the student (CUDA)
+    compile: bool = False                 # torch.compile the student (CUDA or CPU: benchmarks/train_compile.py)
     explode_factor: float = 20.0          # stop when the loss exceeds this x its recent median
     progress: bool = True
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        for f in dataclasses.fields(self):
-            value, kinds = getattr(self, f.name), _TYPES[f.type]
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                raise ValueError(f"training setting {f.name} must be {f.type}, got {value!r}")
+        check_types(self, "training setting")
         if self.loss not in LOSS_NAMES:
             raise ValueError(f"loss must be one of {sorted(LOSS_NAMES)}, got {self.loss!r}")
         for key in ("batch_size", "max_steps", "log_every", "ckpt_every", "sample_every"):
@@ -294,7 +356,3 @@ class TrainConfig:
             raise ValueError(f"unknown training setting(s) {unknown}; allowed: {sorted(known)}")
         return cls(**d)
 
-
-_TYPES = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float), "float | None": (int, float, type(None)),
-          "int | None": (int, type(None)),
-          "dict": (dict,), "tuple[float, float]": (tuple,)}

@@ -104,9 +104,9 @@ def test_a_pair_set_and_a_run_fingerprint_only_code_their_stage_lists():
 
 
 @pytest.mark.parametrize("module, code", [
-    ("getlib.pairs", {"checkpoints", "edm", "images", "io", "pairs", "provenance", "unet"}),
-    ("getlib.train", {"checkpoints", "deq", "edm", "ema", "images", "io", "models", "pairs", "provenance", "train",
-                      "unet"}),
+    ("getlib.pairs", {"checkpoints", "cli", "devices", "edm", "images", "io", "pairs", "provenance", "unet"}),
+    ("getlib.train", {"batches", "checkpoints", "cli", "deq", "devices", "edm", "ema", "images", "io", "models", "pairs",
+                      "provenance", "runs", "train", "unet"}),
 ])
 def test_a_fingerprint_covers_the_code_that_makes_the_artifact_and_no_more(module, code):
     """A pair set or a run is refused (made again: hours on CIFAR-10) when a module of its fingerprint

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import getlib.pairs as pairs
+import getlib.runs as runs_module
 import getlib.train as train_module
 from getlib.config import ParamsError, load_params
 from getlib.edm import SamplerConfig
@@ -20,7 +21,8 @@ from getlib.io import remove_owned
 from getlib.pairs import PairDataset, PairSpec, generate_pairs, import_released_pairs, pair_set_problems
 from getlib.models import load_student
 from getlib.stages.distill import distill
-from getlib.train import TrainConfig, resume_problems, train
+from getlib.runs import resume_problems
+from getlib.train import TrainConfig, train
 from conftest import ROOT
 
 SMOKE = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
@@ -106,9 +108,9 @@ def renamed_student(name: str) -> dict:
     (edited("distill.nproc", 0), "distill.nproc must be a positive integer (processes per run), got 0"),
     (edited("students.get-p.train", {"nproc": 0}), "students.get-p.train.nproc must be a positive integer"),
     (edited("students.get-p.train", {"lr": -1.0}), "students.get-p.train: lr must be > 0 and finite"),
-    (edited("teacher.lr", -1e-3), "teacher.lr must be > 0, got -0.001"),
-    (edited("teacher.warmup_steps", -5), "teacher.warmup_steps must be >= 0, got -5"),
-    (edited("teacher.ema_halflife_images", 0), "teacher.ema_halflife_images must be > 0, got 0"),
+    (edited("teacher.lr", -1e-3), "teacher: lr must be > 0 and finite, got -0.001"),
+    (edited("teacher.warmup_steps", -5), "teacher: warmup_steps must be >= 0, got -5"),
+    (edited("teacher.ema_halflife_images", 0), "teacher: ema_halflife_images must be > 0 and finite, got 0"),
     (edited("pairs.seed_start", -1), "pairs.seed_start must be >= 0, got -1"),
     (edited("evaluate.seed_start", -10), "evaluate.seed_start must be >= 0, got -10"),
     (edited("data.split_seed", -1), "data.split_seed must be >= 0, got -1"),
@@ -121,6 +123,27 @@ def test_bad_params_are_refused_naming_the_key(project, raw, message):
         load_params(write_params(root, raw))
     assert message in str(e.value)
     assert snapshot(beside) == {"precious.txt": b"keep me"}
+
+
+@pytest.mark.parametrize("raw, message", [
+    (edited("evaluate.num_samples", 300),
+     "evaluate.num_samples 300 is more than data.held_out 200"),
+    (edited("distill.nproc", 4),
+     "students.get-p (with distill): nproc 4 ranks need a shard each, but pairs.num_pairs 300 in shards of "
+     "pairs.shard_size 128 make 3"),
+    (edited("distill.nproc", 3), "students.get-p (with distill): batch_size 32 is not divisible by nproc 3"),
+    (edited("students.vit-p.train", {"num_pairs": 400}),
+     "students.vit-p (with distill): num_pairs 400 is more than the pair set holds: pairs.num_pairs 300"),
+    (edited("distill.batch_size", 512),
+     "students.get-p (with distill): batch_size 512 takes 512 pairs per rank, more than pairs.num_pairs 300"),
+])
+def test_settings_that_another_setting_cannot_satisfy_are_refused_on_load_naming_both(project, raw, message):
+    """Caught by `load_params`, which every stage runs first, instead of by a stage hours in."""
+    root, beside = project
+    with pytest.raises(ParamsError) as e:
+        load_params(write_params(root, raw))
+    assert message in str(e.value)
+    assert not (root / "work").exists() and snapshot(beside) == {"precious.txt": b"keep me"}
 
 
 def test_paths_the_pipeline_builds_stay_inside_the_project(project):
@@ -193,8 +216,8 @@ def test_shards_without_their_manifest_are_not_adopted(pair_set, tmp_path):
     x = torch.rand(16, 1, 8, 8) * 2 - 1
     train_teacher(x, None, TeacherConfig(channels=(8, 8, 8), emb_dim=16, batch_size=8, max_steps=1), tmp_path / "t.pt")
     with pytest.raises(ValueError, match=r"holds \['shards'\] but no manifest.json"):
-        pairs.main(["--teacher", str(tmp_path / "t.pt"), "--out", str(pair_set), "--num-pairs", "64",
-                    "--shard-size", "16", "--batch-size", "16", "--image-shape", "1", "8", "8", "--steps", "2"])
+        pairs.main(["--teacher", str(tmp_path / "t.pt"), "--out", str(pair_set), "--num_pairs", "64",
+                    "--shard_size", "16", "--batch_size", "16", "--image_shape", "[1, 8, 8]", "--num_steps", "2"])
     assert snapshot(pair_set) == before
 
 
@@ -346,7 +369,7 @@ def test_a_run_whose_pair_set_changed_is_not_resumed(finished_run):
 
 
 def test_a_run_made_by_other_code_is_not_resumed(finished_run, monkeypatch):
-    monkeypatch.setattr(train_module, "code_fingerprint", lambda *modules: "0" * 64)
+    monkeypatch.setattr(runs_module, "code_fingerprint", lambda *modules: "0" * 64)
     assert resume_problems(finished_run) == ["the training code changed (getlib.train or a module it imports)"]
 
 
@@ -465,8 +488,9 @@ def test_the_distill_stage_replaces_a_stale_run_and_keeps_a_good_one(project, ca
     assert "starting anew: its pair set changed" in capsys.readouterr().err
     assert snapshot(p.work("students", "vit-p", "checkpoints")) != kept
     assert snapshot(beside) == {"precious.txt": b"keep me"}
-    logged = (p.results("train", "vit-p.csv")).read_text().splitlines()   # the log with its wall-clock columns
-    assert logged[0].endswith(",grad_norm,images_per_s,seconds") and len(logged) == 3   # steps 2, 4
+    logged = (p.results("train", "vit-p.csv")).read_text().splitlines()   # the log; its wall-clock columns apart
+    assert logged[0].endswith(",grad_norm") and len(logged) == 3   # steps 2, 4
+    assert p.results("timing", "vit-p.csv").read_text().splitlines()[0] == "step,images_per_s,seconds"
 
 
 def test_a_profile_reuses_another_profiles_identical_run_and_only_that(project, capsys):
@@ -488,7 +512,7 @@ def test_a_profile_reuses_another_profiles_identical_run_and_only_that(project, 
         capsys.readouterr()
         distill(b, "vit-p")
         out = capsys.readouterr().err
-        assert ("copying the identical finished run" in out) == reused, (profile, out)
+        assert ("copied the identical finished run" in out) == reused, (profile, out)
         assert (snapshot(b.work("students", "vit-p")) == made) == (profile == "same"), profile
         assert snapshot(a.work("students", "vit-p")) == made            # the source is untouched
     summary = a.work("students", "vit-p", "run.json")                  # a run made on another device type
@@ -545,16 +569,17 @@ def test_a_longer_student_continues_the_identical_shorter_run_bit_for_bit(projec
 
 def test_a_finished_run_is_not_reentered_so_its_results_stay_byte_identical(project):
     """DVC re-runs a distill stage when its code changes; a finished run is then kept as it is: no
-    file of it rewritten, and results/<profile>/train/<student>.json keeps the run's own seconds."""
+    file of it rewritten, and results/<profile>/timing/<student>.json keeps the run's own seconds."""
     root, _ = project
     p = load_params(write_params(root, one_vit_profile()))
     generate_pairs(toy_teacher(), p.work("pairs", "uncond"), spec(), TEACHER, SAMPLER)
     distill(p, "vit-p")
     files = lambda: {f: (f.read_bytes(), f.stat().st_mtime_ns) for f in sorted(p.work("students").rglob("*"))  # noqa: E731
                      if f.is_file()}
-    made, results = files(), {f: f.read_bytes() for f in p.results("train").iterdir()}
+    published = lambda: {f: f.read_bytes() for d in ("train", "timing") for f in p.results(d).iterdir()}  # noqa: E731
+    made, results = files(), published()
     assert distill(p, "vit-p")["steps"] == 4
-    assert files() == made and {f: f.read_bytes() for f in p.results("train").iterdir()} == results
+    assert files() == made and published() == results
 
 
 def test_a_longer_student_trains_from_scratch_beside_a_locked_or_unreadable_twin(project, capsys):
@@ -573,7 +598,7 @@ def test_a_longer_student_trains_from_scratch_beside_a_locked_or_unreadable_twin
     capsys.readouterr()
     assert distill(p, "vit-p-long")["steps"] == 6
     err = capsys.readouterr().err
-    assert f"training from scratch, no shorter run to continue: {lock}: process {os.getpid()} is training" in err, err
+    assert f"training from scratch, no shorter run to continue: vit-p: {lock}: process {os.getpid()} is training" in err, err
     assert lock.read_text() == str(os.getpid()) and snapshot(twin) == made
     lock.unlink()
     remove_owned(p.work("students", "vit-p-long"), p.work("students"))

@@ -304,7 +304,7 @@ def test_default_config_is_the_paper_recipe():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(f_solver="broyden"), "unknown DEQ solver f_solver='broyden'"),
-    (dict(grad_steps="6"), "grad_steps must be int, got '6'"),
+    (dict(grad_steps="6"), "DEQ setting grad_steps must be an integer, got '6'"),
     (dict(tau=0.0), "tau .* must be > 0"),
     (dict(grad="implicit"), "set f_max_iter > 0"),
     (dict(f_tol=-1e-3), "f_tol must be >= 0"),

@@ -33,3 +33,14 @@ def test_an_empty_table_is_written_with_no_rows(tmp_path):
     write_results([], tmp_path, "empty", "Nothing to compare")   # e.g. GET against ViT without a ViT
     assert read_json(tmp_path / "empty.json") == [] and read_csv(tmp_path / "empty.csv") == []
     assert (tmp_path / "empty.md").read_text().startswith("# Nothing to compare")
+
+
+def test_a_markdown_table_shows_a_dash_where_nothing_applies(tmp_path):
+    """None, NaN and a column a row lacks are all "-" in the .md (never NaN); the .json keeps null."""
+    from getlib.io import read_json, write_results
+    rows = [{"source": "real", "fid": 15.3, "params": None}, {"source": "get", "fid": float("nan"), "params": 7,
+                                                              "recipe": "paper"}]
+    write_results(rows, tmp_path, "t", "A table")
+    md = (tmp_path / "t.md").read_text()
+    assert "| real | 15.3 | - | - |" in md and "| get | - | 7 | paper |" in md and "nan" not in md.lower()
+    assert read_json(tmp_path / "t.json")[0]["params"] is None

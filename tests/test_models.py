@@ -81,6 +81,80 @@ def test_small_configs_take_the_digits_shape():
     assert abs(count_params(get) / count_params(vit) - 1) < 0.1  # matched sizes for the GET-vs-ViT table
 
 
+# The patch-1 digits configs: GET-P/2's and ViT-P/2's blocks on 64 tokens of 1x1x1 patches.
+# Hand count, D = 64, C = 1, patch p, T = (8 / p)^2 tokens; a block with MLP ratio 4 holds
+# 2 LayerNorms (4D) + qkv (3D^2 + 3D) + proj (D^2 + D) + MLP (8D^2 + 5D) = 12D^2 + 13D = 49,984.
+#   patch conv C p^2 D + D, positions T D, decoder LN 2D + Linear D p^2 C + p^2 C:
+#     p = 2: 320 + 1,024 + 388 = 1,732;   p = 1: 128 + 4,096 + 193 = 4,417
+#   GET: 2 injection blocks + qkv_inj (D x 3D x 3 equilibrium blocks, no bias: 9D^2 = 36,864)
+#        + 3 equilibrium blocks = 5 x 49,984 + 36,864 = 286,784
+#        -> GET-P/2 = 286,784 + 1,732 = 288,516;  GET-P/1 = 286,784 + 4,417 = 291,201
+#   ViT: 6 blocks = 299,904 -> ViT-P/2 = 301,636;  ViT-P/1 = 299,904 + 4,417 = 304,321
+PATCH_1 = {"GET-P/1": ("GET-P/2", 291_201), "ViT-P/1": ("ViT-P/2", 304_321)}
+
+
+@pytest.mark.parametrize("name", list(PATCH_1))
+def test_patch_1_configs_are_the_patch_2_blocks_on_64_tokens(name):
+    twin, expected = PATCH_1[name]
+    model, model2 = build_model(name, **DIGITS), build_model(twin, **DIGITS)
+    assert count_params(model) == expected and count_params(model2) == {"GET-P/2": 288_516, "ViT-P/2": 301_636}[twin]
+    assert model.grid ** 2 == 64 and model.patch_size == 1 and model2.grid ** 2 == 16
+    if name.startswith("ViT"):
+        assert count_params(model) == vit_formula(64, 6, 1, channels=1, size=8)
+    # the same parameters but the patch embedding, the positions and the decoder
+    differ = {"x_embedder.proj.weight", "pos_embed", "final_layer.linear.weight", "final_layer.linear.bias"}
+    a, b = model.state_dict(), model2.state_dict()
+    assert a.keys() == b.keys()
+    assert {k for k in a if a[k].shape != b[k].shape} == differ
+    noise = torch.randn(3, 1, 8, 8)
+    perturbed(model)
+    out = model.train()(noise)
+    states = out if isinstance(out, list) else [out]
+    assert len(states) == (6 if name.startswith("GET") else 1) and all(s.shape == noise.shape for s in states)
+    with torch.no_grad():
+        image = model.eval()(noise)
+    assert image.shape == noise.shape and torch.isfinite(image).all()
+
+
+def test_patch_1_flops_and_attention_share_by_hand():
+    """FLOPs per sample (2 per multiply-add, `flops_per_sample`) of the digits configs at 16 and 64
+    tokens, and attention's share (QK^T and AV: 2 x 2 T^2 D per block call) of them."""
+    from getlib.evaluate import attention_share, flops_per_sample
+    D = 64
+    for patch, T in ((2, 16), (1, 64)):
+        P = patch * patch                                   # values per patch (1 channel)
+        attention = 2 * 2 * T * T * D
+        block = 2 * T * D * 3 * D + attention + 2 * T * D * D + 2 * T * D * 4 * D * 2
+        ends = 2 * T * P * D + 2 * T * D * P                # patch conv + decoder
+        hand = {f"ViT-P/{patch}": (6 * block + ends, 6 * attention),
+                # sampling: 2 injection blocks, qkv_inj, then 6 evaluations of 3 equilibrium blocks
+                f"GET-P/{patch}": ((2 + 18) * block + 2 * T * D * 9 * D + ends, 20 * attention)}
+        for name, (flops, attn) in hand.items():
+            model = build_model(name, **DIGITS).eval()
+            assert flops_per_sample(model, torch.zeros(1, 1, 8, 8)) == flops
+            assert attention_share(model) == {"flops": flops, "attention_flops": attn, "attention_share": attn / flops}
+    assert round(attention_share(build_model("GET-P/2", **DIGITS))["attention_share"], 4) == 0.0386
+    assert round(attention_share(build_model("GET-P/1", **DIGITS))["attention_share"], 4) == 0.1384
+
+
+def test_attention_share_of_a_training_step_by_hand():
+    """A one-block ViT (D = 8, 4 tokens of 2x2 patches): attention is 2 x 2 T^2 D forward and 2.5x
+    that backward (torch's SDPA formula); the rest is test_evaluate's hand count of a training step."""
+    from getlib.evaluate import attention_share, training_cost
+    model = ViT_models["ViT-P/2"](input_size=4, in_channels=1, hidden_size=8, depth=1, num_heads=2)
+    T, D, P = 4, 8, 4
+    attention = 2 * 2 * T * T * D
+    patch_conv = 2 * T * P * D
+    forward = (patch_conv + 2 * T * D * 3 * D + attention + 2 * T * D * D + 2 * T * D * 4 * D * 2 + 2 * T * D * P)
+    backward = 2 * (forward - patch_conv - attention) + patch_conv + 5 * attention // 2
+    assert attention_share(model) == {"flops": forward, "attention_flops": attention,
+                                      "attention_share": attention / forward}
+    step = attention_share(model, training=True)
+    assert step["flops"] == forward + backward == round(training_cost(model)["train_gflops_per_image"] * 1e9)
+    assert step["attention_flops"] == attention + 5 * attention // 2
+    assert all(p.grad is None for p in model.parameters())   # it counted on a copy
+
+
 def test_build_model_names_unknown_models():
     with pytest.raises(ValueError, match="unknown model 'GET-X/2'.*GET-T/2"):
         build_model("GET-X/2")
@@ -367,7 +441,7 @@ def test_sampling_and_training_draw_z0_by_the_rule():
     from getlib.images import to_uint8
     from getlib.edm import latents_for_seeds
     from getlib.models import z0_for_keys
-    from getlib.train import TrainingItems
+    from getlib.batches import TrainingItems
     torch.manual_seed(0)
     model = GET_models["GET-P/2"](**DIGITS).eval()
     images, _ = sample_student(model, 3, seed_offset=10, batch_size=2)

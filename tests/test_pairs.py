@@ -247,8 +247,8 @@ def tiny_teacher(tmp_path_factory):
     return path
 
 
-CLI_ARGS = ["--num-pairs", "12", "--shard-size", "3", "--batch-size", "3", "--image-shape", "1", "8", "8",
-            "--steps", "3", "--device", "cpu"]
+CLI_ARGS = ["--num_pairs", "12", "--shard_size", "3", "--batch_size", "3", "--image_shape", "[1, 8, 8]",
+            "--num_steps", "3", "--device", "cpu"]
 
 
 def test_command_line_generates_a_pair_set(tmp_path, tiny_teacher, capsys):

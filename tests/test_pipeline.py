@@ -104,6 +104,59 @@ def test_a_second_repro_runs_nothing(smoke):
     assert "up to date" in run("dvc status", repo).stdout
 
 
+def test_notebooks_run_by_hand_leave_git_status_clean_and_the_pipeline_up_to_date(smoke, tmp_path):
+    """Every notebook executed as in JupyterLab (publish = False, its default) on the finished run:
+    the stage's work is done again (the same bytes under work/: DVC finds every stage up to date)
+    but nothing under results/ is written, so `git status` stays clean; the figures notebook shows
+    what it wrote under work/<profile>/unpublished/."""
+    repo, _ = smoke
+    before = run("git status --porcelain", repo).stdout
+    for nb in sorted((repo / "notebooks").glob("*.ipynb")):
+        run(f"{BIN / 'python'} -m papermill {nb} {tmp_path / nb.name} --cwd {repo / 'notebooks'} --no-progress-bar",
+            repo)
+    assert run("git status --porcelain", repo).stdout == before == ""
+    assert ran(run("dvc repro", repo)) == set()
+    assert (repo / "work/smoke/unpublished/tables/claims.md").is_file()
+    executed = json.loads((tmp_path / "07_figures.ipynb").read_text())
+    assert "work/smoke/unpublished/figures/samples-uncond.png" in json.dumps(executed)
+    for nb in tmp_path.glob("*.ipynb"):   # no warning that names this machine's files (e.g. scipy's LinAlgWarning)
+        for cell in json.loads(nb.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                for line in "".join(out.get("text", "")).splitlines() if out.get("output_type") == "stream" else []:
+                    assert "Warning" not in line or (sys.prefix not in line and str(repo) not in line), (nb.name, line)
+
+
+def test_tables_show_a_dash_where_nothing_applies_never_nan(smoke):
+    """The committed Markdown tables and the rendered notebooks' tables: '-' for what does not apply."""
+    repo, _ = smoke
+    results = repo / "results/smoke"
+    for md in [*results.glob("evaluation/*.md"), *results.glob("tables/*.md"), *results.glob("notebooks/*.md")]:
+        assert not re.search(r"\bnan\b", md.read_text(), flags=re.I), md.name
+    evaluate = (results / "notebooks/06_evaluate.md").read_text()
+    assert "<td>-</td>" in evaluate and "<th>images/s</th>" in evaluate
+
+
+def test_the_figures_stage_reads_no_wall_clock_field_it_does_not_show(smoke):
+    """Its results/ deps (evaluation/, train/) hold no seconds: the training's timings are in
+    timing/, which no stage reads. The evaluation's images/s are the one clock-measured input, shown
+    by the figures stage's tables (benchmarks, one_step) and its speed figure."""
+    repo, _ = smoke
+    results = repo / "results/smoke"
+    for path in [*results.glob("evaluation/*"), *results.glob("train/*")]:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            fields = {k for r in (data if isinstance(data, list) else [data]) for k in r}
+        else:
+            fields = set(path.read_text().splitlines()[0].split(",")) if path.suffix == ".csv" else set()
+        assert not fields & {"seconds", "pairs_per_s"}, path
+        assert "images_per_s" not in fields or path.stem == "comparison", path
+    shown = json.loads((results / "tables/benchmarks.json").read_text())
+    assert shown and all(r["images_per_s"] for r in shown)
+    for key in ("get-p", "vit-p", "get-p-cond"):
+        assert json.loads((results / "timing" / f"{key}.json").read_text())["seconds"] > 0
+        assert (results / "timing" / f"{key}.csv").read_text().startswith("step,images_per_s,seconds")
+
+
 def test_a_stage_that_keeps_its_artifacts_renders_the_notebook_a_fresh_run_renders(smoke):
     """The rendered notebooks are a function of the stage's inputs, not of what work/ held: re-run,
     the pairs and distill stages keep their finished pair set and run and log that to stderr, which

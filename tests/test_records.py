@@ -42,3 +42,23 @@ def test_a_record_must_be_the_students_and_is_stale_without_its_pair_set(tmp_pat
     assert read_record(p, "vit-p") is None
     problems = record_problems(p, "vit-p", record)   # no pairs made in tmp_path
     assert len(problems) == 1 and "manifest.json is not here" in problems[0]
+
+
+def test_a_record_of_code_shown_equivalent_counts_as_made_by_the_code_now(tmp_path, monkeypatch):
+    """results/code_equivalence.json carries a record's code identities forward, step by step in the
+    file's order; an identity no step names stays as it was (and so stays stale)."""
+    import getlib.records as records
+    steps = [{"before": "r1", "train_code": ["t0", "t1"], "pairs_code": ["p0", "p1"], "evaluate_code": ["e0", "e1"],
+              "rows_code": {"records.py": ["a0", "a1"], "stages/evaluate.py": ["b0", "b1"]}},
+             {"before": "r2", "train_code": ["t1", "t2"], "pairs_code": ["p1", "p2"],   # showed training only
+              "rows_code": {"records.py": ["a1", "a2"]}}]
+    (tmp_path / "code_equivalence.json").write_text(json.dumps(steps))
+    monkeypatch.setattr(records, "EQUIVALENCES", tmp_path / "code_equivalence.json")
+    record = {"student": "get-p", "run": {"code": "t0", "settings": {}},
+              "evaluation": {"code": "e0", "rows_code": {"records.py": "a0", "stages/evaluate.py": "bX"}}, "rows": {}}
+    now = records.as_current_code(record)
+    assert now["run"]["code"] == "t2" and now["evaluation"]["code"] == "e1"
+    assert now["evaluation"]["rows_code"] == {"records.py": "a2", "stages/evaluate.py": "bX"}
+    assert record["run"]["code"] == "t0"   # the record itself is left as it is
+    monkeypatch.setattr(records, "EQUIVALENCES", tmp_path / "none.json")
+    assert records.as_current_code(record) == record

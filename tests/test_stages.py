@@ -1,6 +1,7 @@
 """Stage functions called directly (the pipeline test runs them through DVC and papermill)."""
 from pathlib import Path
 
+import pytest
 import yaml
 
 from getlib.stages.data import prepare_data
@@ -61,6 +62,25 @@ def test_a_profile_reuses_another_profiles_identical_pair_set(tmp_path, capsys):
         assert ("copied the identical pair set" in out) == reused and ("not reusing" in out) != reused, out
         assert read_manifest(b.work("pairs", "uncond"))["num_pairs"] == num_pairs
     assert tree() == made   # the source is untouched: every file, hidden ones too, and their times
+
+
+@pytest.mark.slow
+def test_a_non_default_sampler_reaches_every_torchrun_worker(tmp_path):
+    """With pairs.nproc: 2 (gloo on the CPU) the stage launches `getlib.pairs` under torchrun with a
+    command line generated from PairSpec and SamplerConfig: every setting reaches the workers, so
+    the manifest (and every shard's sha256) is the one a single process makes."""
+    sampler = {"num_steps": 3, "sigma_min": 0.01, "sigma_max": 40.0, "rho": 5.0, "solver": "euler"}
+    manifests = {}
+    for nproc in (1, 2):
+        folder = tmp_path / f"nproc{nproc}"
+        folder.mkdir()
+        p = smoke_params(folder, {"sampler": sampler}, num_pairs=40, shard_size=10, nproc=nproc)
+        prepare_data(p)
+        make_teacher(p, "uncond")
+        make_pairs(p, "uncond")
+        manifests[nproc] = read_manifest(p.work("pairs", "uncond"), verify="sha256")
+    assert manifests[2]["sampler"] == {**sampler, "nfe": 3}
+    assert manifests[2] == manifests[1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,9 +185,12 @@ def test_a_study_counts_a_continued_run_once_in_its_compute(tmp_path):
             {"source": "vit-p-lr", "train_pflops": 1.5}, {"source": "real (held-out)", "train_pflops": None}]
     p.results("evaluation").mkdir(parents=True)
     p.results("evaluation", "comparison.json").write_text(json.dumps(rows))
+    p.results("timing").mkdir(parents=True)
     p.results("train").mkdir(parents=True)
-    for key, seconds in (("vit-p", 1800), ("vit-p-long", 3600), ("vit-p-lr", 5400)):
-        p.results("train", f"{key}.json").write_text(json.dumps({"seconds": seconds}))
+    for key, seconds in (("vit-p", 1800), ("vit-p-long", 3600)):   # the distill stage's timing files
+        p.results("timing", f"{key}.json").write_text(json.dumps({"student": key, "seconds": seconds}))
+        p.results("train", f"{key}.json").write_text(json.dumps({"steps": 4}))
+    p.results("train", "vit-p-lr.json").write_text(json.dumps({"seconds": 5400}))   # written before timing/ was
     assert study_compute(p) == {"scored_students": 3, "trained_runs": 2, "training_pflops": 3.5, "process_hours": 2.5,
                                 "untimed": []}
     p.results("train", "vit-p-lr.json").unlink()   # a record copied without its timing

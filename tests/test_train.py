@@ -82,7 +82,7 @@ def test_a_pairs_z0_depends_on_its_pair_and_epoch_only(pair_sets):
     """The equilibrium state z0 drawn for a pair is the same whatever batch, position or rank it
     lands in; another epoch (or run seed) draws another one."""
     from getlib.pairs import PairDataset
-    from getlib.train import TrainingItems
+    from getlib.batches import TrainingItems
     shape = (16, 64)
     whole = TrainingItems(PairDataset(pair_sets["uncond"]), shape, seed=3)
     z_alone = whole.__getitems__([(17, 0)])[3][0]
@@ -152,7 +152,7 @@ def test_two_process_ddp_matches_one_process(pair_sets, tmp_path):
     (dict(model="GET-Z/2"), ValueError, "unknown model 'GET-Z/2'"),
     (dict(batch_size=16, max_steps=1), None, None),  # the good case, for contrast
     (dict(loss="huber"), ValueError, "loss must be one of"),
-    (dict(lr="fast"), ValueError, "training setting lr must be float, got 'fast'"),
+    (dict(lr="fast"), ValueError, "training setting lr must be a number, got 'fast'"),
     (dict(deq={"grad_stepz": 2}), ValueError, r"unknown DEQ setting\(s\) \['grad_stepz'\]"),
     (dict(model="ViT-P/2", deq={"grad_steps": 2}), ValueError, "deq settings apply to GET models"),
     (dict(cond=True), ValueError, "cond=True needs class-conditional pairs"),
@@ -203,7 +203,8 @@ def test_cli_help_documents_every_setting(capsys):
 
 
 def test_learning_rate_schedules():
-    from getlib.train import learning_rate, resumable_changes
+    from getlib.runs import resumable_changes
+    from getlib.train import learning_rate
     const = TrainConfig(pairs="-", out="-", lr=1e-3, warmup_steps=10, max_steps=110)
     assert [learning_rate(const, s) for s in (0, 4, 9, 50, 109)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
     cos = TrainConfig(pairs="-", out="-", lr=1e-3, warmup_steps=10, max_steps=110, lr_schedule="cosine")
@@ -249,7 +250,7 @@ def test_num_pairs_trains_on_the_first_pairs_exactly(pair_sets, tmp_path):
 
 def test_shuffled_targets_pair_each_noise_with_another_image(pair_sets):
     from getlib.pairs import PairDataset
-    from getlib.train import TrainingItems
+    from getlib.batches import TrainingItems
     pairs = PairDataset(pair_sets["uncond"])
     targets = list(range(1, 64)) + [0]
     latents, images, _, _ = TrainingItems(pairs, None, 0, targets).__getitems__([(0, 0), (5, 0)])

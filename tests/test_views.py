@@ -84,3 +84,74 @@ def test_samples_are_the_evaluations_and_trajectory_rows_stack_two_rows():
     rows = teacher.trajectory_rows(trajectory, sample=1)
     assert rows.shape == (6, 1, 8, 8) and rows[0].max() == pytest.approx(3 * 0.5 / (80 ** 2 + 0.25) ** 0.5)
     assert rows[2].max() == 1   # at sigma 0 the state is the image itself (clamped to the data's range)
+
+
+# ------------------------------------------------------------------------------------------------
+# Text from the settings, tables and grids as every notebook shows them
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("recipe, states, nfe", [("paper", 6, 6), ("truncated", 1, 6), ("bptt-last", 1, 6)])
+def test_the_recipe_description_says_what_the_model_does(recipe, states, nfe):
+    """The Markdown that 05_distill shows for a student comes from its settings and agrees with the
+    model those settings build: as many supervised states, the same weights, and the NFE the
+    evaluation reports for a GET (its deq_cfg.eval_f_max_iter)."""
+    from getlib.deq import fp_correction_weights
+    from getlib.settings import DEQConfig, TrainConfig, recipe_of
+    cfg = TrainConfig(model="GET-P/2", deq={"recipe": recipe}, gamma=0.8)
+    text = distill.recipe_markdown(cfg, "get-p")
+    model = GET_models["GET-P/2"](**DIGITS, deq=cfg.deq)
+    got, weights = distill.training_states(model, [1, 2], cfg.gamma)
+    assert len(got) == states and len(distill.supervised_steps(DEQConfig.from_dict(cfg.deq))) == states
+    assert f"`{recipe_of(model.deq_cfg)}`" in text and f"NFE {model.deq_cfg.eval_f_max_iter}" in text
+    assert model.deq_cfg.eval_f_max_iter == nfe
+    if states == 1:
+        assert "one state, z_6, with weight 1" in text and weights == [1.0]
+    else:
+        assert f"{states} states, z_1, z_2, z_3, z_4, z_5, z_6" in text
+        assert ", ".join(f"{w:.3g}" for w in fp_correction_weights(states, 0.8)) in text
+    no_grad = model.deq_cfg.f_max_iter
+    assert (f"{no_grad} iterations of f (fixed_point_iter, all of them run) from z0 without autograd" in text) == (
+        recipe == "truncated")
+    assert ("No iterations without autograd" in text) == (recipe != "truncated")
+    assert ("decoding the last iterate" in text) == (recipe == "truncated")
+    state_norm = distill.recipe_markdown(TrainConfig(model="GET-P/2", deq={"recipe": recipe, "state_norm": True}))
+    assert "+state-norm`" in state_norm and "LayerNorm" in state_norm and "LayerNorm" not in text
+
+
+def test_a_vits_description_and_the_samplers_come_from_their_settings():
+    from getlib.settings import TrainConfig
+    assert "is a ViT" in distill.recipe_markdown(TrainConfig(model="ViT-P/2", loss="l2"), "vit-p")
+    assert "(NFE 1)" in distill.recipe_markdown(TrainConfig(model="ViT-P/2"))
+    heun = teacher.sampler_markdown(SamplerConfig(num_steps=18))
+    assert "18 steps" in heun and "35 evaluations per image" in heun and "t_18 = 0" in heun
+    euler = teacher.sampler_markdown(SamplerConfig(num_steps=4, solver="euler"))
+    assert "4 evaluations per image" in euler and "i/3" in euler
+
+
+def test_a_shown_table_has_dashes_where_nothing_applies_and_keeps_the_rows():
+    import math
+
+    import pandas as pd
+
+    from getlib.io import cell_text
+    from getlib.views.show import table
+    rows = [{"source": "real", "fid": 15.286274, "params": None, "kid": float("nan")},
+            {"source": "get-p", "fid": 22.0, "params": 288516, "recipe": "truncated", "kid": 0.0057921}]
+    shown = table(rows, index="source")
+    assert list(shown.columns) == ["fid", "params", "kid", "recipe"] and list(shown.index) == ["real", "get-p"]
+    assert shown.loc["real"].tolist() == ["15.29", "-", "-", "-"]
+    assert shown.loc["get-p"].tolist() == ["22", "288516", "0.005792", "truncated"]
+    assert rows[0]["params"] is None and math.isnan(rows[0]["kid"])   # the rows themselves are left as they were
+    renamed = table(rows, ["source", "kid"], {"kid": "KID"})
+    assert list(renamed.columns) == ["source", "KID"] and renamed["KID"].tolist() == ["-", "0.005792"]
+    frame = pd.DataFrame(rows).set_index("source")   # pandas: None -> NaN, the integers made floats
+    assert "NaN" in frame.to_html() and "nan" not in table(frame).to_html().lower()
+    assert table(frame)["params"].tolist() == ["-", "288516"]
+    assert [cell_text(v) for v in (None, float("nan"), 1.23456, 7, "x", True)] == ["-", "-", "1.235", "7", "x", "True"]
+
+
+def test_a_shown_grid_makes_a_small_image_readable():
+    from getlib.views.show import TILE_PIXELS, grid
+    small = grid(torch.zeros(16, 1, 8, 8), nrow=8)
+    assert small.size[0] >= 8 * TILE_PIXELS and small.size[1] >= 2 * TILE_PIXELS
+    assert grid(torch.zeros(4, 3, 32, 32), nrow=2).size[0] >= 2 * TILE_PIXELS

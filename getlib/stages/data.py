@@ -6,10 +6,12 @@ import time
 from getlib.config import Params, ParamsError
 from getlib.data import Dataset, real_images, save_dataset
 from getlib.io import atomic_write_json
+from getlib.notebook import publishing
 
 
 def prepare_data(p: Params) -> dict:
-    """Load the data set that params names, check it, write it; its summary -> results/<profile>/data.json."""
+    """Load the data set that params names, check it, write it; its summary -> results/<profile>/data.json
+    (when `publishing()`)."""
     start = time.perf_counter()
     try:
         images = real_images(p.data.dataset, p.data.held_out, p.data.split_seed,
@@ -20,7 +22,8 @@ def prepare_data(p: Params) -> dict:
     summary = {"dataset": p.data.dataset, "train": len(images["train_raw"]), "held_out": len(images["held_raw"]),
                "image_shape": list(images["train_raw"].shape[1:]), "classes": int(images["train_labels"].max()) + 1,
                "seconds": time.perf_counter() - start}
-    atomic_write_json(p.results("data.json"), summary)
+    if publishing():
+        atomic_write_json(p.results("data.json"), summary)
     return summary
 
 

@@ -13,6 +13,7 @@ from getlib.evaluate import compare, decoding_rule, deq_analysis, sample_student
 from getlib.io import atomic_write_json, write_results
 from getlib.metrics import score_images
 from getlib.models import GET, load_student
+from getlib.notebook import publishing
 from getlib.records import TABLES, evaluation_identity, record_path, score_differences, write_record
 from getlib.settings import recipe_of
 from getlib.stages.data import load_data
@@ -31,7 +32,9 @@ def evaluate(p: Params, recorded: dict[str, dict] | None = None, expected: dict[
     (`getlib.records`). `recorded` ({student: record}, for students whose run is not here) supplies
     rows from committed records instead: `getlib.stages.interim` passes the current ones. A student
     in `expected` ({student: record}) is evaluated and must reproduce that record's rows (all but the
-    clock-measured fields), else a ValueError names the differences and nothing is written."""
+    clock-measured fields), else a ValueError names the differences and nothing is written. Nothing
+    under results/ is written either unless `publishing()` (a notebook run by hand): the tables are
+    returned all the same."""
     recorded, expected = recorded or {}, expected or {}
     ds = load_data(p)
     space = feature_space(p)
@@ -68,6 +71,8 @@ def evaluate(p: Params, recorded: dict[str, dict] | None = None, expected: dict[
                     fresh[key] = rows
                 for name in TABLES:
                     tables[name] += rows.get(name, [])
+    if not publishing():
+        return tables
     note = (f"FID/KID in the {space.name} feature space, {e.num_samples} images per source against {len(reference)} "
             f"reference images; generated sources: mean and spread over {e.seeds} disjoint seed ranges.")
     identity = evaluation_identity(p)

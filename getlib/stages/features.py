@@ -12,6 +12,7 @@ from getlib.config import Params, device_of
 from getlib.features import load_feature_net, train_feature_net
 from getlib.io import atomic_write, atomic_write_json
 from getlib.metrics import FeatureSpace, digits_feature_space, folder_features, inception_feature_space, write_images
+from getlib.notebook import publishing
 from getlib.stages.data import load_data
 
 
@@ -49,5 +50,6 @@ def make_features(p: Params) -> dict:
     summary = {"network": space.name, "reference": p.features.reference if p.features.network == "inception"
                else "train", "n_reference": len(reference), "feature_dim": int(reference.shape[1]),
                **{k: v for k, v in report.items() if k != "seconds"}, "seconds": time.perf_counter() - start}
-    atomic_write_json(p.results("features.json"), summary)
+    if publishing():   # (results/<profile>/features.json)
+        atomic_write_json(p.results("features.json"), summary)
     return summary

@@ -1,4 +1,8 @@
-"""Stage figures: the paper's tables and figures for this profile, results/<profile>/tables, figures/."""
+"""Stage figures: the paper's tables and figures for this profile, results/<profile>/tables, figures/.
+
+They are written under `out` (results/<profile>/ when `publishing()`, else work/<profile>/unpublished/:
+a notebook run by hand shows what the stage would publish and leaves results/ as it is); the
+evaluation's results and the training logs they are drawn from are read from results/<profile>/."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +19,7 @@ from getlib.figures import (band_plot, bar_panels, benchmark_rows, fixed_point_p
                             iterations_plot, line_plot, one_step_rows, sample_panels, scatter_plot, slerp)
 from getlib.io import read_csv, read_json, write_results
 from getlib.models import GET, load_student
+from getlib.notebook import publishing
 from getlib.pairs import read_manifest
 from getlib.paper import REPORTED
 from getlib.stages.data import load_data
@@ -22,13 +27,15 @@ from getlib.stages.data import load_data
 
 def make_figures(p: Params) -> list[Path]:
     """The tables (tables/*.md, .csv, .json) from the evaluation's results, and the figures
-    (figures/*.png) from those results and the trained models."""
+    (figures/*.png) from those results and the trained models, under results/<profile>/ (or, when
+    not `publishing()`, under work/<profile>/unpublished/); returns the files written."""
     comparison = read_json(p.results("evaluation", "comparison.json"))
-    return tables(p, comparison) + sample_figures(p) + curve_figures(p, comparison)
+    out = p.results() if publishing() else p.work("unpublished")
+    return tables(p, comparison, out) + sample_figures(p, out) + curve_figures(p, comparison, out)
 
 
-def tables(p: Params, comparison: list[dict]) -> list[Path]:
-    folder = p.results("tables")
+def tables(p: Params, comparison: list[dict], out: Path) -> list[Path]:
+    folder = out / "tables"
     note = (f"Measured here: FID/KID in the {comparison[0]['features']} feature space, {p.evaluate.num_samples} "
             f"images per source, mean and spread over {p.evaluate.seeds} seed ranges; images/s on this machine "
             f"({device_of(p.evaluate.device).type}). IS: Inception Score (10 splits), only with Inception features.")
@@ -66,7 +73,7 @@ def tables(p: Params, comparison: list[dict]) -> list[Path]:
     return [folder / f"{name}.md" for name in names]
 
 
-def sample_figures(p: Params) -> list[Path]:
+def sample_figures(p: Params, out: Path) -> list[Path]:
     """Per condition: the same evaluation seeds (latents no student was trained on) through the
     teacher and every student, and a spherical interpolation between the first two latents."""
     ds = load_data(p)
@@ -84,7 +91,7 @@ def sample_figures(p: Params) -> list[Path]:
             panels[f"{key}: {p.students[key].model} (1 step)"] = torch.cat(
                 [sample_student(model, 1, s, 1, device)[0] for s in seeds])
         panels = {k: v.float() / 127.5 - 1 for k, v in panels.items()}
-        written.append(sample_panels(panels, p.results("figures", f"samples-{condition}.png"), nrow=per or None,
+        written.append(sample_panels(panels, Path(out, "figures", f"samples-{condition}.png"), nrow=per or None,
                                      title=f"{condition}: the same latents through the teacher and each student"
                                      + (" (one row per class)" if classes else "")))
         # one label and one z0 (the first seed's) along the row: only the latent moves
@@ -98,12 +105,12 @@ def sample_figures(p: Params) -> list[Path]:
             kw = {"z0": model.initial_states(seeds[:1]).expand(len(t), -1, -1).to(device)} if isinstance(model, GET) else {}
             with torch.no_grad():
                 rows[f"{key} (1 step)"] = model.to(device).eval()(latents, y, **kw).float().cpu()
-        written.append(image_rows(rows, p.results("figures", f"interpolation-{condition}.png"),
+        written.append(image_rows(rows, Path(out, "figures", f"interpolation-{condition}.png"),
                                   f"{condition}: spherical interpolation between two latents (left to right)"))
     return written
 
 
-def curve_figures(p: Params, comparison: list[dict]) -> list[Path]:
+def curve_figures(p: Params, comparison: list[dict], out: Path) -> list[Path]:
     """Training loss, FID against steps and training compute, FID against size and against
     inference iterations, speed and memory."""
     features = comparison[0]["features"]
@@ -112,17 +119,17 @@ def curve_figures(p: Params, comparison: list[dict]) -> list[Path]:
     for key in p.students:
         log = read_csv(p.results("train", f"{key}.csv"))
         loss[key] = ([int(r["step"]) for r in log], [float(r["loss"]) for r in log])
-    written = [line_plot(loss, p.results("figures", "training_loss.png"), "training step",
+    written = [line_plot(loss, Path(out, "figures", "training_loss.png"), "training step",
                          "distillation loss (L1, summed over supervised states)", "Training loss", logy=True)]
     curve = read_json(p.results("evaluation", "training.json"))
-    by_arm = p.results("figures", "fid_vs_steps_by_arm.png")
+    by_arm = Path(out, "figures", "fid_vs_steps_by_arm.png")
     by_arm.unlink(missing_ok=True)   # (an earlier evaluation's, drawn again below if its arms are still here)
     if curve:
         rows = {r["source"]: r for r in comparison}
         keys = list(dict.fromkeys(r["student"] for r in curve))
         steps = {k: [r["step"] for r in curve if r["student"] == k] for k in keys}
         fids = {k: [r["fid"] for r in curve if r["student"] == k] for k in keys}
-        written.append(line_plot({k: (steps[k], fids[k]) for k in keys}, p.results("figures", "fid_vs_steps.png"),
+        written.append(line_plot({k: (steps[k], fids[k]) for k in keys}, Path(out, "figures", "fid_vs_steps.png"),
                                  "training step", f"FID ({features})", "FID against training iterations",
                                  logy=True, hlines=floors))
         if arms := arm_curves(comparison, curve):
@@ -131,7 +138,7 @@ def curve_figures(p: Params, comparison: list[dict]) -> list[Path]:
                                      logy=True, hlines=floors))
         per_step = {k: rows[k]["train_gflops_per_image"] * p.train_config(k).batch_size / 1e6 for k in keys}
         written.append(line_plot({k: ([s * per_step[k] for s in steps[k]], fids[k]) for k in keys},
-                                 p.results("figures", "fid_vs_training_flops.png"), "training compute (PFLOPs)",
+                                 Path(out, "figures", "fid_vs_training_flops.png"), "training compute (PFLOPs)",
                                  f"FID ({features})", "FID against training compute", logy=True, logx=True,
                                  hlines=floors))
     students = [r for r in comparison if r["kind"] in ("GET", "ViT")]
@@ -142,23 +149,23 @@ def curve_figures(p: Params, comparison: list[dict]) -> list[Path]:
             if rows:
                 groups[f"{kind} ({condition})"] = ([r["params"] for r in rows], [r["fid"] for r in rows],
                                                    [r["source"] for r in rows])
-    written.append(scatter_plot(groups, p.results("figures", "fid_vs_params.png"), "parameters", f"FID ({features})",
+    written.append(scatter_plot(groups, Path(out, "figures", "fid_vs_params.png"), "parameters", f"FID ({features})",
                                 "FID against model size", hlines=floors))
     sweep = read_json(p.results("evaluation", "iterations.json"))
     if sweep:
-        written.append(iterations_plot(sweep, p.results("figures", "fid_vs_iterations.png"),
+        written.append(iterations_plot(sweep, Path(out, "figures", "fid_vs_iterations.png"),
                                        "GET: FID and residual against inference iterations"))
     diagnostics = read_json(p.results("evaluation", "fixed_point.json"))
     if diagnostics:
-        written.append(fixed_point_plot(diagnostics, p.results("figures", "fixed_point.png"),
+        written.append(fixed_point_plot(diagnostics, Path(out, "figures", "fixed_point.png"),
                                         "GET's plain iterates z_k = f^k(z0): does the map converge?"))
     speed = {r["source"]: r["images_per_s"] for r in comparison if r.get("images_per_s")}
     memory = {}
-    for r in read_json(p.results("tables", "benchmarks.json")):
+    for r in read_json(out / "tables" / "benchmarks.json"):
         memory[f"{r['student']} plain"] = r["train_activations_kib_per_image"]
         if r["memory_efficient_kib_per_image"] is not None:
             memory[f"{r['student']} memory-efficient"] = r["memory_efficient_kib_per_image"]
     written.append(bar_panels({"sampling speed (images/s, this machine)": speed,
                                "training activations (KiB per image)": memory},
-                              p.results("figures", "speed_and_memory.png"), "Speed and memory"))
+                              Path(out, "figures", "speed_and_memory.png"), "Speed and memory"))
     return written

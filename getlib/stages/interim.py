@@ -26,7 +26,7 @@ from getlib.records import evaluation_identity, read_record, record_problems
 from getlib.stages.distill import run_is_finished
 from getlib.stages.evaluate import evaluate
 from getlib.stages.figures import make_figures
-from getlib.train import resumable_changes
+from getlib.runs import continues
 
 
 def finished_students(p: Params) -> list[str]:
@@ -66,24 +66,28 @@ def interim(p: Params, recheck: bool = False) -> dict:
 
 def study_compute(p: Params) -> dict:
     """What training `p`'s scored students cost, from the evaluation's rows (training PFLOPs) and the
-    distill stage's results/<profile>/train/<student>.json (wall-clock seconds of its process). A
-    student that continues a shorter one (the same settings but max_steps, under a schedule that
-    allows it: `getlib.stages.distill`) is counted once: a chain of them costs what its longest run
-    cost, whose record carries the seconds of the run it continued. Students with no
-    train/<student>.json (a record from a copy without it) count in PFLOPs, not in hours."""
+    distill stage's results/<profile>/timing/<student>.json (wall-clock seconds of its process). A
+    student that continues a shorter one (`runs.continues`, as the distill stage does) is counted
+    once: a chain of them costs what its longest run cost, whose record carries the seconds of the run it continued. Students with no
+    timing/<student>.json (a record from a copy without it) count in PFLOPs, not in hours."""
     rows = {r["source"]: r for r in read_json(p.results("evaluation", "comparison.json"))}
     scored = [k for k in p.students if rows.get(k, {}).get("train_pflops") is not None]
-    chains: dict[str, str] = {}   # the settings but max_steps -> the chain's longest student
-    for key in scored:
-        cfg = p.train_config(key)
-        chain = repr(dataclasses.replace(cfg, max_steps=1, out="")) if "max_steps" in resumable_changes(cfg) else key
-        if chain not in chains or cfg.max_steps > p.train_config(chains[chain]).max_steps:
-            chains[chain] = key
-    timed = [k for k in chains.values() if p.results("train", f"{k}.json").is_file()]
-    seconds = sum(read_json(p.results("train", f"{k}.json"))["seconds"] for k in timed)
-    return {"scored_students": len(scored), "trained_runs": len(chains),
-            "training_pflops": sum(rows[k]["train_pflops"] for k in chains.values()),
-            "process_hours": seconds / 3600, "untimed": sorted(set(chains.values()) - set(timed))}
+    cfgs = {k: p.train_config(k) for k in scored}
+    longest_first = sorted(scored, key=lambda k: -cfgs[k].max_steps)
+    head_of = {}   # student -> its chain's longest student, which the chain's shorter ones continue into
+    for key in longest_first:
+        head_of[key] = next((h for h in longest_first if h in head_of and h == head_of[h]
+                             and continues(cfgs[h], cfgs[key])), key)
+    heads = list(dict.fromkeys(head_of[k] for k in scored))   # in the profile's order
+    # the distill stage's timing/<student>.json (or train/<student>.json, which held them before)
+    found = {k: next((read_json(f).get("seconds") for f in (p.results("timing", f"{k}.json"),
+                                                             p.results("train", f"{k}.json"))
+                      if f.is_file() and read_json(f).get("seconds") is not None), None) for k in heads}
+    timed = [k for k in heads if found[k] is not None]
+    seconds = sum(found[k] for k in timed)
+    return {"scored_students": len(scored), "trained_runs": len(heads),
+            "training_pflops": sum(rows[k]["train_pflops"] for k in heads),
+            "process_hours": seconds / 3600, "untimed": sorted(set(heads) - set(timed))}
 
 
 def main(argv: list[str] | None = None) -> None:

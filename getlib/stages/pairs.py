@@ -1,13 +1,13 @@
 """Stage pairs@condition: the teacher's (noise, image) pairs, work/<profile>/pairs/<condition>/."""
 from __future__ import annotations
 
-import sys
 import time
 
 from getlib.checkpoints import load_teacher_of
 from getlib.config import Params, device_of
-from getlib.io import atomic_copytree, atomic_write_json, remove_owned
-from getlib.pairs import MANIFEST, VERIFIED, PairSpec, generate_pairs, pair_set_problems, read_manifest
+from getlib.io import atomic_write_json
+from getlib.pairs import MANIFEST, VERIFIED, PairSpec, cli_args, generate_pairs, pair_set_problems, read_manifest
+from getlib.stages.folders import adopt_reused, clear_unless_resumable
 from getlib.stages.launch import torchrun
 from getlib.stages.data import load_data
 
@@ -23,41 +23,26 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
     """Generate (or finish) the pair set of `condition`.
 
     DVC keeps this folder between runs (persist) so that an interrupted generation resumes. It is
-    resumed, or a finished one reused, only when `pair_set_problems` finds nothing: same settings,
-    teacher, sampler and code, every shard intact. Otherwise it is replaced, and the reason printed
-    to stderr, as is all this stage finds in work/ (a log: the rendered notebook leaves it out; a
-    finished set is also in DVC's cache). With `reuse`, that profile's set is copied in and kept
-    when the same check finds nothing. With pairs.nproc > 1 it runs under torchrun. The summary's
+    resumed, or a finished one kept, only when `pair_set_problems` finds nothing: same settings,
+    teacher, sampler and code, every shard intact; otherwise it is replaced (`stages.folders`, which
+    also says so on stderr; a finished set is also in DVC's cache). With `reuse`, that profile's set
+    is copied in and kept when the same check finds nothing, first on the source (read only, without
+    reading its shards), then on the copy. With pairs.nproc > 1 it runs under torchrun. The summary's
     seconds and pairs/s are None when the set was already complete (nothing generated, nothing timed)."""
     root = p.work("pairs", condition)
     spec = pair_spec(p, condition)
     denoise, ident = load_teacher_of(p, condition)
-    problems = pair_set_problems(root, spec, ident, p.sampler)
-    if problems:
-        print(f"{root}: generating anew: {'; '.join(problems)}", file=sys.stderr, flush=True)
-        remove_owned(root, p.work("pairs"))
-    source = p.reused("pairs", condition)
-    if source is not None and source.exists() and not (root.exists() and any(root.iterdir())):
-        why_not = pair_set_problems(source, spec, ident, p.sampler, verify=False) or (
-            [] if (source / MANIFEST).is_file() else [f"{source} holds no pair set"])   # read-only
-        if not why_not:   # copied without the checksum cache, then checked in the stage's own folder
-            remove_owned(root, p.work("pairs"))
-            atomic_copytree(source, root, skip=(VERIFIED,))
-            why_not = pair_set_problems(root, spec, ident, p.sampler)
-            if why_not:
-                remove_owned(root, p.work("pairs"))
-        print(f"{root}: " + (f"not reusing {source}: {'; '.join(why_not)}" if why_not
-                             else f"copied the identical pair set {source}"), file=sys.stderr, flush=True)
+    clear_unless_resumable(root, p.work("pairs"), pair_set_problems(root, spec, ident, p.sampler), "generating anew")
+    adopt_reused(root, p.work("pairs"), p.reused("pairs", condition), "pair set",
+                 lambda source: pair_set_problems(source, spec, ident, p.sampler, verify=False) or (
+                     [] if (source / MANIFEST).is_file() else [f"{source} holds no pair set"]),
+                 lambda copy: pair_set_problems(copy, spec, ident, p.sampler),
+                 skip=(VERIFIED,))   # (copied without the checksum cache, which is then rebuilt in the copy)
     kept = (root / MANIFEST).is_file() and read_manifest(root, verify=False, complete=False)["complete"]
     start = time.perf_counter()
     if p.pairs.nproc > 1:
-        args = ["--teacher", str(p.teacher_file(condition)), "--out", str(root), "--num-pairs", str(spec.num_pairs),
-                "--seed-start", str(spec.seed_start), "--shard-size", str(spec.shard_size),
-                "--batch-size", str(spec.batch_size), "--image-dtype", spec.image_dtype,
-                "--image-shape", *map(str, spec.image_shape), "--steps", str(p.sampler.num_steps),
-                "--solver", p.sampler.solver, "--device", str(device_of(p.pairs.device).type)]
-        if spec.num_classes:
-            args += ["--num-classes", str(spec.num_classes)]
+        args = ["--teacher", str(p.teacher_file(condition)), "--out", str(root), "--device", p.pairs.device,
+                *cli_args(spec, p.sampler)]
         if p.teacher.edm_repo:
             args += ["--edm-repo", str(p.path(p.teacher.edm_repo))]
         if p.teacher.trust_pickle:
@@ -72,5 +57,7 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
                "bytes_per_pair": manifest["bytes_per_pair"],
                "bytes_per_pair_vs_released": manifest["bytes_per_pair_vs_released"],
                "teacher_nfe": p.sampler.nfe, "seconds": seconds, "pairs_per_s": seconds and spec.num_pairs / seconds}
-    atomic_write_json(p.results(f"pairs-{condition}.json"), summary)
+    from getlib.notebook import publishing   # (a notebook run by hand writes nothing under results/)
+    if publishing():
+        atomic_write_json(p.results(f"pairs-{condition}.json"), summary)
     return summary

@@ -4,7 +4,7 @@ from __future__ import annotations
 from getlib.checkpoints import load_teacher_of
 from getlib.config import Params
 from getlib.io import atomic_copy, atomic_write_json
-from getlib.settings import TeacherConfig
+from getlib.notebook import publishing
 from getlib.stages.data import load_data
 from getlib.teacher import train_teacher
 
@@ -20,9 +20,10 @@ def make_teacher(p: Params, condition: str, log=None) -> dict:
     else:
         ds, folder = load_data(p), p.work("teacher", condition)
         folder.mkdir(parents=True, exist_ok=True)
-        cfg = TeacherConfig(**p.teacher.train_settings(), cond=condition == "cond")
+        cfg = p.teacher.train_config(condition)
         summary = {"condition": condition, "kind": "embedded",
                    **train_teacher(ds.train_images, ds.train_labels, cfg, folder / "teacher.pt", log)}
         summary["params"] = sum(x.numel() for x in load_teacher_of(p, condition)[0].parameters())
-    atomic_write_json(p.results(f"teacher-{condition}.json"), summary)
+    if publishing():   # (results/<profile>/teacher-<condition>.json)
+        atomic_write_json(p.results(f"teacher-{condition}.json"), summary)
     return summary

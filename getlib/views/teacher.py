@@ -7,6 +7,21 @@ from torch import Tensor
 from getlib.edm import Denoiser, SamplerConfig, edm_sampler, latents_for_seeds, time_steps
 
 
+def sampler_markdown(sampler: SamplerConfig) -> str:
+    """The sampler of this profile in words, from its settings: its noise levels and its network
+    evaluations per image (the teacher's NFE). Markdown."""
+    n, rho = sampler.num_steps, sampler.rho
+    levels = (f"t_i = ({sampler.sigma_max:g}^(1/{rho:g}) + i/{max(n - 1, 1)} ({sampler.sigma_min:g}^(1/{rho:g}) - "
+              f"{sampler.sigma_max:g}^(1/{rho:g})))^{rho:g} for i = 0..{n - 1}, then t_{n} = 0")
+    if sampler.solver == "heun":
+        cost = (f"Heun's method evaluates the denoiser twice per step but the last: {sampler.nfe} evaluations "
+                "per image (NFE)")
+    else:
+        cost = f"Euler's method evaluates the denoiser once per step: {sampler.nfe} evaluations per image (NFE)"
+    return (f"This profile's sampler: {n} steps from t = {sampler.sigma_max:g} to 0 over the noise levels {levels}. "
+            f"{cost}.")
+
+
 def sigma_schedule(sampler: SamplerConfig) -> list[float]:
     """EDM's noise levels t_0 > ... > t_{N-1} > t_N = 0 for this sampler."""
     return time_steps(sampler.num_steps, sampler.sigma_min, sampler.sigma_max, sampler.rho).tolist()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from getlib.config import Params
 from getlib.io import atomic_write_csv, atomic_write_json
+from getlib.notebook import publishing
 from getlib.runs import (continuation_problems, continues, resume_problems, reuse_problems, run_is_finished,
                          run_summary, training_log)
 from getlib.stages.folders import adopt, adopt_reused, clear_unless_resumable, is_empty, log
@@ -54,7 +55,8 @@ def training_lock(lock: Path):
 
 
 def distill(p: Params, key: str) -> dict:
-    """Train student `key`; copy its log (with the wall-clock columns) into results/<profile>/train/.
+    """Train student `key`; publish its log and summary into results/<profile>/train/ and their
+    wall-clock fields into results/<profile>/timing/ (nothing when a notebook runs it by hand).
 
     DVC keeps the run folder between runs (persist) so that an interrupted run resumes from its
     checkpoint. It is resumed (a finished one kept as it is) only when `runs.resume_problems` finds
@@ -82,7 +84,6 @@ def _distill(p: Params, key: str) -> dict:
         summary = run_summary(out)
     else:
         summary = train(cfg)
-    from getlib.notebook import publishing   # (a notebook run by hand writes nothing under results/)
     if publishing():   # train/: the log and summary, no wall-clock field (figures reads them); timing/: those
         log, clock = training_log(out), ("images_per_s", "seconds")   # (clock: timing.csv's columns)
         atomic_write_csv([{k: v for k, v in r.items() if k not in clock} for r in log],

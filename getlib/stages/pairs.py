@@ -6,6 +6,7 @@ import time
 from getlib.checkpoints import load_teacher_of
 from getlib.config import Params, device_of
 from getlib.io import atomic_write_json
+from getlib.notebook import publishing
 from getlib.pairs import MANIFEST, VERIFIED, PairSpec, cli_args, generate_pairs, pair_set_problems, read_manifest
 from getlib.stages.folders import adopt_reused, clear_unless_resumable
 from getlib.stages.launch import torchrun
@@ -57,7 +58,6 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
                "bytes_per_pair": manifest["bytes_per_pair"],
                "bytes_per_pair_vs_released": manifest["bytes_per_pair_vs_released"],
                "teacher_nfe": p.sampler.nfe, "seconds": seconds, "pairs_per_s": seconds and spec.num_pairs / seconds}
-    from getlib.notebook import publishing   # (a notebook run by hand writes nothing under results/)
     if publishing():
         atomic_write_json(p.results(f"pairs-{condition}.json"), summary)
     return summary

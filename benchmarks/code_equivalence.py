@@ -9,10 +9,12 @@ every record stale, and a study that lives in committed records (the claims stud
   (its students grouped by every setting but lr, seed, max_steps), each made by the code at REV and
   by the working tree, in their own processes; every file DVC hashes must be byte-identical. Each run
   also stops half-way and resumes, so the resume path is compared too.
-- scoring (with --rows-profile): the rows of a profile's committed evaluation records
-  (results/<profile>/runs/*.json) at REV against the working tree's, after `dvc repro` of that
-  profile with the new code on the machine that made them: equal but for clock-measured fields
-  (`records.score_differences`).
+- scoring (with --rows-profile): the rows of a profile's evaluation records
+  (results/<profile>/runs/*.json) made by REV's code against the working tree's, after `dvc repro` of
+  that profile with the new code: equal but for clock-measured fields (`records.score_differences`).
+  REV's rows are its committed ones, which only the machine that made them reproduces (CPU kernels
+  round differently across CPUs); on another machine, reproduce the profile in a checkout of REV too
+  and name it with --rows-before.
 
 For each part that is identical it appends the pair of code identities it covers (REV's and the
 working tree's: the training and pair fingerprints; with the rows, the scoring fingerprint and
@@ -21,7 +23,8 @@ file hashes) to results/code_equivalence.json, with the table as its evidence
 reads: a record made by REV's code then stands for the working tree's. When anything differs it
 writes the table and no equivalence.
 
-    python benchmarks/code_equivalence.py --before <rev> [--profile claims] [--rows-profile digits]
+    python benchmarks/code_equivalence.py --before <rev> [--profile claims] [--rows-profile digits
+                                          [--rows-before <a checkout of rev, reproduced here>]]
 """
 from __future__ import annotations
 
@@ -98,9 +101,33 @@ def child(tree: Path, task: str, **args) -> dict:
 
 
 def hashed_files(folder: Path) -> dict[str, bytes]:
-    """The files of `folder` DVC hashes (those .dvcignore does not list)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+    """The files of `folder` DVC hashes (those .dvcignore does not list), as bytes; a training
+    checkpoint as its contents (keys in order, types, tensor bytes): REV's code may pickle a resumed
+    run's checkpoint to other bytes for the same values (fixed in `runs.load_checkpoint`)."""
+    return {str(p.relative_to(folder)): checkpoint_contents(p) if p.parent.name == "checkpoints" else p.read_bytes()
+            for p in sorted(folder.rglob("*"))
             if p.is_file() and not any(fnmatch.fnmatch(p.name, pat) for pat in IGNORED)}
+
+
+def checkpoint_contents(path: Path) -> bytes:
+    import torch
+    out = []
+
+    def visit(x: object) -> None:
+        if isinstance(x, torch.Tensor):
+            out.append(repr((x.dtype, tuple(x.shape))).encode() + x.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                out.append(repr((type(k).__name__, k)).encode())
+                visit(v)
+        elif isinstance(x, (list, tuple)):
+            out.append(type(x).__name__.encode())
+            for v in x:
+                visit(v)
+        else:
+            out.append(repr((type(x).__name__, x)).encode())
+    visit(torch.load(path, map_location="cpu", weights_only=True))
+    return b"\0".join(out)
 
 
 def recipes(profile: str) -> dict[str, dict]:
@@ -115,7 +142,15 @@ def recipes(profile: str) -> dict[str, dict]:
     return {key: {**cfg, **SHORT, "num_pairs": cfg["num_pairs"] and 64} for key, cfg in found.values()}
 
 
-def compare(a: dict[str, bytes], b: dict[str, bytes]) -> str:
+def cached_outs(lock: Path) -> dict[str, dict[str, str]]:
+    """{stage: {its work/ output: the hash DVC recorded}} of a dvc.lock."""
+    import yaml
+    stages = yaml.safe_load(lock.read_text())["stages"]
+    return {name: {o["path"]: o["md5"] for o in stage.get("outs", []) if o["path"].startswith("work/")}
+            for name, stage in stages.items()}
+
+
+def compare(a: dict, b: dict) -> str:
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return "identical" if not differ else "differ: " + ", ".join(differ)
 
@@ -124,7 +159,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--before", required=True, help="the git revision of the earlier code")
     ap.add_argument("--profile", default="claims", help="whose students' recipes are trained")
-    ap.add_argument("--rows-profile", help="whose committed evaluation records are compared (after its dvc repro)")
+    ap.add_argument("--rows-profile", help="whose evaluation records are compared (after its dvc repro)")
+    ap.add_argument("--rows-before", type=Path, help="a checkout of --before where that profile was reproduced on "
+                    "this machine (default: --before's committed records)")
     args = ap.parse_args()
     rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", args.before], capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -153,18 +190,30 @@ def main() -> None:
     trained = all(verdict == "identical" for _, verdict in rows)
     for path in sorted((ROOT / "results" / args.rows_profile / "runs").glob("*.json")) if args.rows_profile else []:
         relative = path.relative_to(ROOT).as_posix()
-        old = json.loads(subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{relative}"], capture_output=True,
-                                        text=True, check=True).stdout)
+        old = (read_json(args.rows_before / relative) if args.rows_before else
+               json.loads(subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{relative}"], capture_output=True,
+                                         text=True, check=True).stdout))
         problems = score_differences(old["rows"], read_json(path)["rows"])
         rows.append((f"evaluation rows of {relative}", "identical" if not problems else "differ: " + "; ".join(problems)))
+    if args.rows_before:   # both pipelines' cached artifacts (work/), by the hashes DVC recorded
+        for stage, outs in cached_outs(ROOT / "dvc.lock").items():
+            if not outs:   # a stage whose outputs are all in results/ (compared as rows above)
+                continue
+            before = cached_outs(args.rows_before / "dvc.lock").get(stage, {})
+            rows.append((f"`dvc repro` stage {stage}: {', '.join(sorted(outs))}",
+                         compare(before, outs)))
     scored = bool(args.rows_profile) and all(verdict == "identical" for _, verdict in rows)
     covered = (["train_code", "pairs_code"] if trained else []) + (["evaluate_code", "rows_code"] if scored else [])
     table = "\n".join(f"| {what} | {verdict} |" for what, verdict in rows)
     text = (f"# Code equivalence: {rev[:12]} against the working tree\n\n"
             f"Written by `python benchmarks/code_equivalence.py --before {rev[:12]} --profile {args.profile} "
             + (f"--rows-profile {args.rows_profile}" if args.rows_profile else "")
-            + f"` on {machine_name()}. Runs: every file DVC hashes, byte for byte, one thread per run. Rows: the "
-            f"committed evaluation records, clock-measured fields left out.\n\n"
+            + (" --rows-before <checkout>" if args.rows_before else "")
+            + f"` on {machine_name()}. Runs: every file DVC hashes, byte for byte (a checkpoint by its contents), one "
+            f"thread per run. Rows: the "
+            + ("evaluation records of both codes' `dvc repro` on this machine" if args.rows_before
+               else "committed evaluation records against this machine's `dvc repro`")
+            + ", clock-measured fields left out.\n\n"
             f"| what | before and after |\n|---|---|\n{table}\n\n"
             f"Recorded as equivalent in `results/code_equivalence.json`: {', '.join(covered) or 'nothing'}"
             + ("" if scored else "; the scoring code (evaluate_code, rows_code) was not shown equivalent, so records "

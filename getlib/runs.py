@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import io
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -60,7 +61,21 @@ def load_checkpoint(path: Path) -> dict:
     missing = sorted(CHECKPOINT_KEYS - set(saved)) if isinstance(saved, dict) else ["(not a dict)"]
     if missing or not isinstance(saved["config"], dict):
         raise ValueError(f"{path}: not a training checkpoint written by getlib.train (lacks {missing or ['config']})")
-    return saved
+    return _interned_keys(saved)
+
+
+def _interned_keys(obj: object) -> object:
+    """`obj` with every str key of its dicts interned, as the literal keys of a fresh run are. Pickle
+    memoizes by identity, so without this a resumed run's optimizer state (its keys read back from
+    the file) would make its next checkpoint other bytes than an uninterrupted run's, same values."""
+    if isinstance(obj, dict):
+        out = type(obj)((sys.intern(k) if isinstance(k, str) else k, _interned_keys(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):   # a state_dict's module versions
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, list):
+        return [_interned_keys(v) for v in obj]
+    return obj
 
 
 def resumable_changes(cfg: TrainConfig) -> set[str]:

@@ -90,17 +90,20 @@ def test_small_configs_take_the_digits_shape():
 #        + 3 equilibrium blocks = 5 x 49,984 + 36,864 = 286,784
 #        -> GET-P/2 = 286,784 + 1,732 = 288,516;  GET-P/1 = 286,784 + 4,417 = 291,201
 #   ViT: 6 blocks = 299,904 -> ViT-P/2 = 301,636;  ViT-P/1 = 299,904 + 4,417 = 304,321
-PATCH_1 = {"GET-P/1": ("GET-P/2", 291_201), "ViT-P/1": ("ViT-P/2", 304_321)}
+#   ViT-U (D = 128): 6 blocks = 6 (12D^2 + 13D) = 1,189,632; p = 2: 640 + 2,048 + 772 = 3,460
+#     -> ViT-U/2 = 1,193,092;  p = 1: 256 + 8,192 + 385 = 8,833 -> ViT-U/1 = 1,198,465
+PATCH_1 = {"GET-P/1": ("GET-P/2", 291_201), "ViT-P/1": ("ViT-P/2", 304_321), "ViT-U/1": ("ViT-U/2", 1_198_465)}
+PATCH_2 = {"GET-P/2": 288_516, "ViT-P/2": 301_636, "ViT-U/2": 1_193_092}
 
 
 @pytest.mark.parametrize("name", list(PATCH_1))
 def test_patch_1_configs_are_the_patch_2_blocks_on_64_tokens(name):
     twin, expected = PATCH_1[name]
     model, model2 = build_model(name, **DIGITS), build_model(twin, **DIGITS)
-    assert count_params(model) == expected and count_params(model2) == {"GET-P/2": 288_516, "ViT-P/2": 301_636}[twin]
+    assert count_params(model) == expected and count_params(model2) == PATCH_2[twin]
     assert model.grid ** 2 == 64 and model.patch_size == 1 and model2.grid ** 2 == 16
     if name.startswith("ViT"):
-        assert count_params(model) == vit_formula(64, 6, 1, channels=1, size=8)
+        assert count_params(model) == vit_formula(model.hidden_size, 6, 1, channels=1, size=8)
     # the same parameters but the patch embedding, the positions and the decoder
     differ = {"x_embedder.proj.weight", "pos_embed", "final_layer.linear.weight", "final_layer.linear.bias"}
     a, b = model.state_dict(), model2.state_dict()
@@ -114,6 +117,18 @@ def test_patch_1_configs_are_the_patch_2_blocks_on_64_tokens(name):
     with torch.no_grad():
         image = model.eval()(noise)
     assert image.shape == noise.shape and torch.isfinite(image).all()
+
+
+def test_the_vit_at_get_p_sampling_flops_is_u_at_both_token_counts():
+    """The equal-sampling-FLOPs pairing (claims: the ViT nearest GET in FLOPs per sample): among the
+    digits ViTs of a patch size, ViT-U is nearest GET-P at 6 iterations, at 16 and at 64 tokens."""
+    from getlib.evaluate import flops_per_sample
+    cost = lambda name: flops_per_sample(build_model(name, **DIGITS).eval(), torch.zeros(1, 1, 8, 8))  # noqa: E731
+    for patch in (2, 1):
+        get = cost(f"GET-P/{patch}")
+        vits = {name: cost(name) for name in ViT_models if name.endswith(f"/{patch}") and name[4] in "PNU"}
+        assert min(vits, key=lambda name: abs(vits[name] - get)) == f"ViT-U/{patch}"
+        assert 1 < vits[f"ViT-U/{patch}"] / get < 1.15
 
 
 def test_patch_1_flops_and_attention_share_by_hand():

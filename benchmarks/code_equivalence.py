@@ -102,7 +102,7 @@ def child(tree: Path, task: str, **args) -> dict:
 
 def hashed_files(folder: Path) -> dict[str, bytes]:
     """The files of `folder` DVC hashes (those .dvcignore does not list), as bytes; a training
-    checkpoint as its contents (keys in order, types, tensor bytes): REV's code may pickle a resumed
+    checkpoint as a digest of its contents (keys, types, tensor bytes): REV's code may pickle a resumed
     run's checkpoint to other bytes for the same values (fixed in `runs.load_checkpoint`)."""
     return {str(p.relative_to(folder)): checkpoint_contents(p) if p.parent.name == "checkpoints" else p.read_bytes()
             for p in sorted(folder.rglob("*"))
@@ -111,23 +111,8 @@ def hashed_files(folder: Path) -> dict[str, bytes]:
 
 def checkpoint_contents(path: Path) -> bytes:
     import torch
-    out = []
-
-    def visit(x: object) -> None:
-        if isinstance(x, torch.Tensor):
-            out.append(repr((x.dtype, tuple(x.shape))).encode() + x.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        elif isinstance(x, dict):
-            for k, v in x.items():
-                out.append(repr((type(k).__name__, k)).encode())
-                visit(v)
-        elif isinstance(x, (list, tuple)):
-            out.append(type(x).__name__.encode())
-            for v in x:
-                visit(v)
-        else:
-            out.append(repr((type(x).__name__, x)).encode())
-    visit(torch.load(path, map_location="cpu", weights_only=True))
-    return b"\0".join(out)
+    from train_compile import tensor_digest   # (benchmarks/: this script's folder is on sys.path)
+    return tensor_digest(torch.load(path, map_location="cpu", weights_only=True)).encode()
 
 
 def recipes(profile: str) -> dict[str, dict]:

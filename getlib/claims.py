@@ -11,12 +11,15 @@ provisional. VERDICT_RULE states the rule; it is printed above the table.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, namedtuple
 
 import numpy as np
 
+from getlib.settings import GET_CONFIGS, VIT_CONFIGS
+
 __all__ = ["VERDICT_RULE", "PLATEAU_RULE", "DECISIVE_SEEDS", "MATCH_MARGIN", "Arm", "arms", "arm_stats", "verdict",
-           "claims_rows", "plateau_rows", "arm_curves"]
+           "claims_rows", "verdicts_by_tokens", "token_counts", "plateau_rows", "arm_curves", "curves_by_tokens"]
 
 DECISIVE_SEEDS = 3
 MATCH_MARGIN = 0.10   # "A matches B": A's FID within 10% of B's
@@ -124,30 +127,87 @@ def _curve_stats(curve: list[dict], runs: list[dict], x_of_step, x: float) -> di
 
 
 def claims_rows(comparison: list[dict], curve: list[dict] = (), iterations: list[dict] = (),
-                fixed_point: list[dict] = (), decoding: list[dict] = ()) -> list[dict]:
-    """One row per claim and condition, from the evaluation's comparison, training-curve,
+                fixed_point: list[dict] = (), decoding: list[dict] = (),
+                tokens: dict[str, int] | None = None) -> list[dict]:
+    """One row per claim, condition and token count, from the evaluation's comparison, training-curve,
     iteration-sweep, fixed-point and decoding-rule tables (`getlib.stages.evaluate`). Control runs
     (fewer pairs, re-paired targets) and the state_norm variant never stand for their family. Arms
     are compared only with arms of the same training steps: first at the study's budget (the steps
     most arms ran), then at each other budget, whose rows name it and leave out the claims its arms
-    cannot test."""
+    cannot test. `tokens` ({model: tokens per image}, `token_counts`): arms are compared only within
+    one token count (a count with no GET arm has no rows); with several counts each row says its
+    count and steps, in columns and in the claim."""
     groups = arms(comparison)
+    count = (lambda k: tokens[k.model]) if tokens else (lambda k: None)  # noqa: E731
     conditions = list(dict.fromkeys(k.condition for k in groups if k.model.startswith("GET")))
+    counts = sorted({count(k) for k in groups if k.model.startswith("GET")}, key=lambda n: n or 0)
+    several = len(counts) > 1
     rows = []
     for condition in conditions:
-        tag = f" ({condition})" if len(conditions) > 1 else ""
-        mine = {k: v for k, v in groups.items() if k.condition == condition}
-        budgets = Counter(k.train_steps for k in mine)
-        study = max(budgets, key=lambda steps: (budgets[steps], -steps))
-        for steps in [study] + sorted(set(budgets) - {study}):
-            at = {k: v for k, v in mine.items() if k.train_steps == steps}
-            if steps == study:
-                rows += [{**r, "claim": r["claim"] + tag} for r in _condition_rows(at, curve, iterations,
-                                                                                   fixed_point, decoding)]
-            else:   # arms trained longer (or shorter): the rows their runs can test, marked with their steps
-                rows += [{**r, "claim": f"{r['claim']}{tag}, {steps:,} steps"} for r in _condition_rows(
-                    at, curve, iterations, fixed_point, decoding, memory=False) if r["verdict"] != "not tested"]
+        for n in counts:
+            tag = (f" ({condition})" if len(conditions) > 1 else "") + (f", {n} tokens" if several else "")
+            mine = {k: v for k, v in groups.items() if k.condition == condition and count(k) == n}
+            if not any(k.model.startswith("GET") for k in mine):
+                continue
+            budgets = Counter(k.train_steps for k in mine)
+            study = max(budgets, key=lambda steps: (budgets[steps], -steps))
+            for steps in [study] + sorted(set(budgets) - {study}):
+                at = {k: v for k, v in mine.items() if k.train_steps == steps}
+                said = {"tokens": n, "train_steps": steps} if several else {}
+                if steps == study:
+                    rows += [{**r, "claim": r["claim"] + tag, **said} for r in _condition_rows(
+                        at, curve, iterations, fixed_point, decoding)]
+                else:   # arms trained longer (or shorter): the rows their runs can test, marked with their steps
+                    rows += [{**r, "claim": f"{r['claim']}{tag}, {steps:,} steps", **said} for r in _condition_rows(
+                        at, curve, iterations, fixed_point, decoding, memory=False) if r["verdict"] != "not tested"]
     return rows
+
+
+_CONVERGES = re.compile(r"^The fixed-point iterates converge \((?P<student>[^)]+)\)")
+
+
+def verdicts_by_tokens(rows: list[dict], comparison: list[dict]) -> list[dict]:
+    """The claims rows of several token counts side by side (`claims_rows` with `tokens`): one row
+    per claim and budget, with its verdict and difference at each count and whether the verdict
+    changes. A claim is named without its count; a convergence row by its map (bounded or plain,
+    from the student's recipe in `comparison`) instead of its student. 'not tested' at every
+    count: left out; at some: 'open'. A change between provisional verdicts is marked so."""
+    recipe = {r["source"]: str(r.get("recipe")) for r in comparison}
+    counts = sorted({r["tokens"] for r in rows if "tokens" in r})
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        if "tokens" not in r:
+            continue
+        claim, cell = r["claim"].replace(f", {r['tokens']} tokens", ""), r["verdict"]
+        if m := _CONVERGES.match(claim):
+            student = m["student"]
+            claim = claim.replace(student, "the bounded map" if "state-norm" in recipe.get(student, "")
+                                  else "the plain map")
+            cell += f" ({student})"
+        cell += f", {r['difference']}" if r["difference"] else ""
+        table.setdefault((claim, r["train_steps"]), {})[r["tokens"]] = (r["verdict"], cell)
+    out = []
+    for (claim, steps), at in table.items():
+        words = [at[n][0] if n in at else "not tested" for n in counts]
+        if all(w == "not tested" for w in words):
+            continue
+        bare = [w.replace(" (provisional)", "") for w in words]
+        changes = ("open" if "not tested" in bare else "no" if len(set(bare)) == 1 else
+                   f"yes: {' -> '.join(bare)}" + (" (provisional)" if any("provisional" in w for w in words) else ""))
+        out.append({"claim": claim, "train_steps": steps,
+                    **{f"{n} tokens": at[n][1] if n in at else "not tested" for n in counts},
+                    "verdict changes": changes})
+    return out
+
+
+def token_counts(models: list[str], image_side: int) -> dict[str, int]:
+    """{model: tokens per image} for square images of `image_side` pixels (the registered patch sizes;
+    the paper's configs: 2)."""
+    configs = {**GET_CONFIGS, **VIT_CONFIGS}
+    unknown = sorted(set(models) - set(configs))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose from {sorted(configs)}")
+    return {m: (image_side // configs[m].get("patch_size", 2)) ** 2 for m in models}
 
 
 def _condition_rows(groups, curve, iterations, fixed_point, decoding, memory: bool = True) -> list[dict]:
@@ -382,23 +442,34 @@ def plateau_rows(comparison: list[dict], curve: list[dict]) -> list[dict]:
     return rows
 
 
-def arm_curves(comparison: list[dict], curve: list[dict]) -> dict[str, dict]:
-    """{arm: {"step", "fid", "se"}} for each arm with at least two training seeds: its runs' EMA-snapshot
-    FIDs (first seed range) averaged at each step all of them reached, with the standard error over the
-    seeds. An arm whose curve a longer arm's holds (the same settings but the steps, and the same
-    values at every step of the shorter curve: its runs continue the shorter ones) is left out."""
+def arm_curves(comparison: list[dict], curve: list[dict], min_seeds: int = 2) -> dict[str, dict]:
+    """{arm: {"step", "fid", "se"}} for each arm with at least `min_seeds` training seeds: its runs'
+    EMA-snapshot FIDs (first seed range) averaged at each step all of them reached, with the standard
+    error over the seeds (0 for one seed: no band). An arm whose curve a longer arm's holds (the same
+    settings but the steps, and the same values at every step of the shorter curve: its runs continue
+    the shorter ones) is left out."""
     fid = {(c["student"], c["step"]): c["fid"] for c in curve}
     curves = {}
     for arm, runs in arms(comparison).items():
         steps = sorted(set.intersection(*({step for student, step in fid if student == r["source"]} for r in runs)))
-        if len(runs) >= 2 and len(steps) >= 2:
+        if len(runs) >= min_seeds and len(steps) >= 2:
             fids = np.array([[fid[r["source"], step] for step in steps] for r in runs])
-            curves[arm] = {"step": steps, "fid": fids.mean(0).tolist(),
-                           "se": (fids.std(0, ddof=1) / math.sqrt(len(runs))).tolist(), "n": len(runs)}
+            se = fids.std(0, ddof=1) / math.sqrt(len(runs)) if len(runs) > 1 else np.zeros(len(steps))
+            curves[arm] = {"step": steps, "fid": fids.mean(0).tolist(), "se": se.tolist(), "n": len(runs)}
     def held(arm, c):   # noqa: E306
         return any(other != arm and other._replace(train_steps=None) == arm._replace(train_steps=None)
                    and other.train_steps > arm.train_steps and d["step"][:len(c["step"])] == c["step"]
                    and d["fid"][:len(c["fid"])] == c["fid"] for other, d in curves.items())
     several = len({arm.condition for arm in curves}) > 1
-    return {f"{_name(arm)}{f' ({arm.condition})' if several else ''}, {arm.train_steps:,} steps, {c['n']} seeds":
-            {k: c[k] for k in ("step", "fid", "se")} for arm, c in curves.items() if not held(arm, c)}
+    return {f"{_name(arm)}{f' ({arm.condition})' if several else ''}, {arm.train_steps:,} steps, "
+            f"{c['n']} seed{'s' * (c['n'] > 1)}": {k: c[k] for k in ("step", "fid", "se")}
+            for arm, c in curves.items() if not held(arm, c)}
+
+
+def curves_by_tokens(comparison: list[dict], curve: list[dict], tokens: dict[str, int]) -> dict[int, dict[str, dict]]:
+    """`arm_curves` of every arm (one seed or more), split by the arms' token counts ({model: tokens})."""
+    out: dict[int, dict[str, dict]] = {}
+    for n in sorted(set(tokens.values())):
+        if c := arm_curves([r for r in comparison if tokens.get(r.get("model")) == n], curve, min_seeds=1):
+            out[n] = c
+    return out

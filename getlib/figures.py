@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -91,6 +92,31 @@ def band_plot(series: dict[str, dict], path: str | Path, xlabel: str, ylabel: st
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     _legend(ax, len(series) + len(hlines or {}), beside=True)   # (the bands fill the axes)
+    return _save(fig, path)
+
+
+def band_panels(panels: dict[str, dict[str, dict]], path: str | Path, xlabel: str, ylabel: str, title: str = "",
+                logy: bool = False, hlines: dict[str, float] | None = None,
+                colour_of: Callable[[str], str] = str) -> Path:
+    """`band_plot`'s lines side by side, one panel per named group of series, on a shared y-axis;
+    series with the same `colour_of(name)` get one colour in every panel."""
+    fig, axes = _figure(1, len(panels), figsize=(4.2 * len(panels) + 2.4, 3.8), sharey=True, squeeze=False)
+    colours = list(dict.fromkeys(colour_of(name) for series in panels.values() for name in series))
+    for ax, (panel, series) in zip(axes[0], panels.items()):
+        for name, s in series.items():
+            y, two_se, c = torch.tensor(s["fid"]), 2 * torch.tensor(s["se"]), f"C{colours.index(colour_of(name))}"
+            ax.plot(s["step"], y, marker="o", ms=3, color=c, label=name)
+            ax.fill_between(s["step"], y - two_se, y + two_se, color=c, alpha=0.2, lw=0)
+        for i, (name, y) in enumerate((hlines or {}).items()):
+            ax.axhline(y, ls="--", lw=1, color=f"C{len(colours) + i}", label=name)
+        ax.set(xlabel=xlabel, title=panel)
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)   # below: bands stay clear
+    axes[0][0].set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

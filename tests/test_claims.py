@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from getlib.claims import arm_stats, arms, claims_rows, plateau_rows, verdict
+from getlib.claims import arm_stats, arms, claims_rows, plateau_rows, token_counts, verdict
 
 
 def run(source, model, fid, seed=0, recipe="truncated", lr=2e-3, num_pairs=None, shuffled=False, fid_std=1.0,
@@ -76,6 +76,27 @@ def test_a_bounded_map_alone_is_still_compared_with_the_matched_vit():
     assert rows["GET beats a ViT of matched parameters (one step), at equal steps"]["verdict"] == "not tested"
     row = rows["The bounded-map GET beats a ViT of matched parameters, at equal steps"]
     assert row["verdict"] == "holds (provisional)" and "ViT-P/2" in row["ours"]
+
+
+def test_token_counts_keep_each_comparison_within_one_count():
+    tokens = token_counts(["GET-P/2", "ViT-P/2", "GET-P/1", "ViT-P/1"], 8)
+    assert tokens == {"GET-P/2": 16, "ViT-P/2": 16, "GET-P/1": 64, "ViT-P/1": 64}
+    with pytest.raises(ValueError, match="GET-Z/2"):
+        token_counts(["GET-Z/2"], 8)
+    # at 16 tokens GET wins; at 64 it loses; the 64-token ViT is the best ViT overall but never meets GET-P/2
+    comparison = [run(f"g16-s{s}", "GET-P/2", 20.0 + s, seed=s) for s in range(3)]
+    comparison += [run(f"v16-s{s}", "ViT-P/2", 30.0 + s, seed=s) for s in range(3)]
+    comparison += [run(f"g64-s{s}", "GET-P/1", 40.0 + s, seed=s) for s in range(3)]
+    comparison += [run(f"v64-s{s}", "ViT-P/1", 10.0 + s, seed=s) for s in range(3)]
+    rows = claims_rows(comparison, tokens=tokens)
+    assert {r["tokens"] for r in rows} == {16, 64}
+    by = {r["claim"]: r for r in rows}
+    at16 = by["GET beats a ViT of matched parameters (one step), at equal steps, 16 tokens"]
+    at64 = by["GET beats a ViT of matched parameters (one step), at equal steps, 64 tokens"]
+    assert at16["verdict"] == "holds" and "ViT-P/2, lr 0.002: 31.00" in at16["ours"] and "P/1" not in at16["ours"]
+    assert at64["verdict"] == "fails" and "GET-P/1, truncated, lr 0.002: 41.00" in at64["ours"]
+    # one count: the rows are those of a study without counts (a single-count profile's table is unchanged)
+    assert claims_rows(comparison[:6], tokens=tokens) == claims_rows(comparison[:6])
 
 
 def test_equal_training_flops_compares_the_curves_at_the_smaller_budget():
@@ -213,3 +234,58 @@ def test_the_band_plot_writes_the_same_png_twice(tmp_path):
     first = band_plot(series, tmp_path / "a.png", "step", "FID", logy=True, hlines={"floor": 10.0})
     again = band_plot(series, tmp_path / "b.png", "step", "FID", logy=True, hlines={"floor": 10.0})
     assert Image.open(first).format == "PNG" and first.read_bytes() == again.read_bytes()
+
+
+def test_curves_by_tokens_draw_one_seed_arms_in_one_panel_per_count(tmp_path):
+    from PIL import Image
+
+    from getlib.claims import curves_by_tokens
+    from getlib.figures import band_panels
+    comparison = [run("g16", "GET-P/2", 20.0), run("v64-s0", "ViT-P/1", 25.0), run("v64-s1", "ViT-P/1", 27.0, seed=1)]
+    curve = [{"student": k, "step": step, "fid": f + step / 100} for k, f in (("g16", 20.0), ("v64-s0", 25.0),
+                                                                             ("v64-s1", 27.0)) for step in (400, 800)]
+    panels = curves_by_tokens(comparison, curve, {"GET-P/2": 16, "ViT-P/1": 64})
+    assert list(panels) == [16, 64]
+    assert panels[16] == {"GET-P/2, truncated, lr 0.002, 800 steps, 1 seed": {"step": [400, 800], "fid": [24.0, 28.0],
+                                                                            "se": [0.0, 0.0]}}
+    vit = panels[64]["ViT-P/1, lr 0.002, 800 steps, 2 seeds"]
+    assert vit["fid"] == [30.0, 34.0] and vit["se"] == pytest.approx([1.0, 1.0])
+    from getlib.stages.figures import family   # one colour per arm at every count
+    assert family("GET-P/1, paper, lr 0.001, 4,400 steps, 3 seeds") == family("GET-P/2, paper, lr 0.001, 800 steps, "
+                                                                            "1 seed") == "GET-P, paper, lr 0.001"
+    named = {f"{n} tokens": c for n, c in panels.items()}
+    first, again = (band_panels(named, tmp_path / f"{k}.png", "step", "FID", logy=True, hlines={"floor": 10.0})
+                    for k in "ab")
+    assert Image.open(first).format == "PNG" and first.read_bytes() == again.read_bytes()
+
+
+def test_verdicts_by_tokens_put_each_claim_side_by_side():
+    from getlib.claims import verdicts_by_tokens
+    tokens = {"GET-P/2": 16, "ViT-P/2": 16, "GET-P/1": 64, "ViT-P/1": 64}
+    norm = "truncated+state-norm"
+    comparison = [run(f"g16-s{s}", "GET-P/2", 20.0 + s, seed=s) for s in range(3)]
+    comparison += [run(f"v16-s{s}", "ViT-P/2", 30.0 + s, seed=s) for s in range(3)]
+    comparison += [run(f"g64-s{s}", "GET-P/1", 40.0 + s, seed=s) for s in range(3)]
+    comparison += [run(f"v64-s{s}", "ViT-P/1", 10.0 + s, seed=s) for s in range(3)]
+    comparison += [run("n16", "GET-P/2", 10.0, recipe=norm), run("n64", "GET-P/1", 25.0, recipe=norm)]   # one seed
+    fixed_point = [{"student": k, "iteration": i, "abs_residual": 1.0 / i ** 2, "rel_residual": 0.1 / i ** 2,
+                    "state_norm": 5.0} for k in ("g16-s0", "g64-s0", "n16", "n64") for i in (1, 12)]
+    rows = claims_rows(comparison, fixed_point=fixed_point, tokens=tokens)
+    assert {(r["tokens"], r["train_steps"]) for r in rows} == {(16, 800), (64, 800)}
+    by = {r["claim"]: r for r in verdicts_by_tokens(rows, comparison)}
+    steps = by["GET beats a ViT of matched parameters (one step), at equal steps"]
+    assert steps["16 tokens"].startswith("holds, +10.00") and steps["64 tokens"].startswith("fails, -30.00")
+    assert steps["verdict changes"] == "yes: holds -> fails" and steps["train_steps"] == 800
+    bounded = by["The bounded-map GET beats a ViT of matched parameters, at equal steps"]   # one seed: provisional
+    assert bounded["verdict changes"] == "yes: holds -> fails (provisional)"
+    same = by["The bounded map (state_norm) samples at least as well as the plain map"]   # 10 vs 21, 25 vs 41
+    assert same["16 tokens"].startswith("holds (provisional)") and same["verdict changes"] == "no"
+    plain, normed = by["The fixed-point iterates converge (the plain map)"], by["The fixed-point iterates converge (the bounded map)"]
+    assert plain["16 tokens"] == "holds (g16-s0)" and plain["64 tokens"] == "holds (g64-s0)" and plain["verdict changes"] == "no"
+    assert normed["64 tokens"] == "holds (n64)"
+    assert "More pairs help" not in by   # tested at neither count: left out
+    # a claim tested at one count only is open
+    rows16 = [r for r in rows if r["tokens"] == 16 or "matched parameters" not in r["claim"]]
+    assert {r["claim"]: r for r in verdicts_by_tokens(rows16, comparison)}[
+        "GET beats a ViT of matched parameters (one step), at equal steps"]["verdict changes"] == "open"
+    assert verdicts_by_tokens(claims_rows(comparison[:6], tokens=tokens), comparison) == []   # one count: no table

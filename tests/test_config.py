@@ -55,6 +55,32 @@ def test_the_claims_profile_gives_both_families_the_same_learning_rates():
                                             for s in study.values()), key
 
 
+def test_the_64_token_block_changes_only_the_students():
+    """claims-64: the 16-token study's data, teacher, sampler, pairs, scoring and training settings but
+    the stated budget; every 16-token arm (patch 2) also runs at 64 tokens (patch 1) with the same
+    recipe and learning rate, and has 3 training seeds."""
+    study, block = (yaml.safe_load((ROOT / "profiles" / f"{name}.yaml").read_text()) for name in ("claims", "claims-64"))
+    for section in ("data", "features", "teacher", "sampler", "pairs", "evaluate", "conditions", "reuse"):
+        assert block[section] == study[section], section
+    changed = {"max_steps": 4400, "snapshot_every": 550, "deq": {"recipe": "truncated", "state_norm": True},
+               "compile": False}
+    assert {k: v for k, v in block["distill"].items() if k not in changed} == \
+        {k: v for k, v in study["distill"].items() if k not in changed}
+    assert {k: block["distill"][k] for k in changed} == changed
+    p = load_params(ROOT / "profiles" / "claims-64.yaml")
+    arms, seeds = {}, {}
+    for key in p.students:
+        cfg = p.train_config(key)
+        patch = {"GET-P/1": 1, "ViT-P/1": 1, "GET-P/2": 2, "ViT-P/2": 2}[cfg.model]
+        arm = (cfg.model[:3], cfg.deq.get("recipe"), bool(cfg.deq.get("state_norm")), cfg.lr)
+        arms.setdefault(patch, set()).add(arm)
+        seeds.setdefault((patch, arm), set()).add(cfg.seed)
+        assert ("-p1-" in key) == (patch == 1), key   # the name says the token count
+        assert (cfg.batch_size, cfg.num_pairs, cfg.shuffle_targets) == (64, None, False), key
+    assert arms[2] <= arms[1], arms[2] - arms[1]
+    assert all(seeds[2, arm] == {0, 1, 2} for arm in arms[2])
+
+
 def _dvc_params():
     """Every params.yaml key a dvc.yaml stage lists (foreach items expanded over a profile)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

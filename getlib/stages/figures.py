@@ -6,6 +6,7 @@ evaluation's results and the training logs they are drawn from are read from res
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
@@ -14,8 +15,9 @@ from getlib.checkpoints import load_teacher_of
 from getlib.config import Params, device_of
 from getlib.edm import edm_sampler, latents_for_seeds, sample_teacher, seeds_by_class
 from getlib.evaluate import sample_student
-from getlib.claims import PLATEAU_RULE, VERDICT_RULE, arm_curves, claims_rows, plateau_rows
-from getlib.figures import (band_plot, bar_panels, benchmark_rows, fixed_point_plot, get_vs_vit_rows, image_rows,
+from getlib.claims import (PLATEAU_RULE, VERDICT_RULE, arm_curves, claims_rows, curves_by_tokens, plateau_rows,
+                           token_counts, verdicts_by_tokens)
+from getlib.figures import (band_panels, band_plot, bar_panels, benchmark_rows, fixed_point_plot, get_vs_vit_rows, image_rows,
                             iterations_plot, line_plot, one_step_rows, sample_panels, scatter_plot, slerp)
 from getlib.io import read_csv, read_json, write_results
 from getlib.models import GET, load_student
@@ -31,10 +33,12 @@ def make_figures(p: Params) -> list[Path]:
     not `publishing()`, under work/<profile>/unpublished/); returns the files written."""
     comparison = read_json(p.results("evaluation", "comparison.json"))
     out = p.results() if publishing() else p.work("unpublished")
-    return tables(p, comparison, out) + sample_figures(p, out) + curve_figures(p, comparison, out)
+    tokens = token_counts(sorted({r["model"] for r in comparison if r["kind"] in ("GET", "ViT")}),
+                          load_data(p).shape[-1])
+    return tables(p, comparison, tokens, out) + sample_figures(p, out) + curve_figures(p, comparison, tokens, out)
 
 
-def tables(p: Params, comparison: list[dict], out: Path) -> list[Path]:
+def tables(p: Params, comparison: list[dict], tokens: dict[str, int], out: Path) -> list[Path]:
     folder = out / "tables"
     note = (f"Measured here: FID/KID in the {comparison[0]['features']} feature space, {p.evaluate.num_samples} "
             f"images per source, mean and spread over {p.evaluate.seeds} seed ranges; images/s on this machine "
@@ -59,10 +63,18 @@ def tables(p: Params, comparison: list[dict], out: Path) -> list[Path]:
                   "ours (latents regenerated from seeds) against the authors' released format.")
     evaluation = {name: read_json(path) if (path := p.results("evaluation", f"{name}.json")).is_file() else []
                   for name in ("training", "iterations", "fixed_point", "decoding")}   # (written when rows exist)
-    write_results(claims_rows(comparison, evaluation["training"], evaluation["iterations"], evaluation["fixed_point"],
-                              evaluation["decoding"]),
-                  folder, "claims", "The paper's claims against this profile's runs", VERDICT_RULE + " " + note)
+    claims = claims_rows(comparison, evaluation["training"], evaluation["iterations"], evaluation["fixed_point"],
+                         evaluation["decoding"], tokens)
+    write_results(claims, folder, "claims", "The paper's claims against this profile's runs", VERDICT_RULE + " " + note)
     names = ["one_step", "get_vs_vit", "benchmarks", "claims"]
+    if by_tokens := verdicts_by_tokens(claims, comparison):
+        write_results(by_tokens, folder, "claims_by_tokens", "Does a claim's verdict change with the token count?",
+                      "Each claim's verdict and difference (d, 2 se) at each token count, from tables/claims.md "
+                      "(same rule, same pairs and feature network); 'open': not tested at every count. " + note)
+        names.append("claims_by_tokens")
+    else:   # (an earlier evaluation's table would describe arms this one does not have)
+        for old in folder.glob("claims_by_tokens.*"):
+            old.unlink()
     if plateaus := plateau_rows(comparison, evaluation["training"]):
         write_results(plateaus, folder, "plateaus", "Was each arm's FID still falling at the end of its runs?",
                       PLATEAU_RULE + " " + note)
@@ -110,9 +122,15 @@ def sample_figures(p: Params, out: Path) -> list[Path]:
     return written
 
 
-def curve_figures(p: Params, comparison: list[dict], out: Path) -> list[Path]:
-    """Training loss, FID against steps and training compute, FID against size and against
-    inference iterations, speed and memory."""
+def family(arm_name: str) -> str:
+    """An arm's name (`claims.arm_curves`) without its patch size, steps and seeds: 'GET-P/1, paper, lr
+    0.001, 4,400 steps, 3 seeds' -> 'GET-P, paper, lr 0.001', one colour at every token count."""
+    return re.sub(r"/\d+,", ",", arm_name.rsplit(", ", 2)[0])
+
+
+def curve_figures(p: Params, comparison: list[dict], tokens: dict[str, int], out: Path) -> list[Path]:
+    """Training loss, FID against steps (and, with several token counts, per arm at each count) and
+    training compute, FID against size and against inference iterations, speed and memory."""
     features = comparison[0]["features"]
     floors = {r["source"]: r["fid"] for r in comparison if r["kind"] in ("real", "teacher")}
     loss = {}
@@ -123,7 +141,9 @@ def curve_figures(p: Params, comparison: list[dict], out: Path) -> list[Path]:
                          "distillation loss (L1, summed over supervised states)", "Training loss", logy=True)]
     curve = read_json(p.results("evaluation", "training.json"))
     by_arm = Path(out, "figures", "fid_vs_steps_by_arm.png")
-    by_arm.unlink(missing_ok=True)   # (an earlier evaluation's, drawn again below if its arms are still here)
+    by_tokens = Path(out, "figures", "fid_vs_steps_by_tokens.png")
+    for old in (by_arm, by_tokens):   # (an earlier evaluation's, drawn again below if its arms are still here)
+        old.unlink(missing_ok=True)
     if curve:
         rows = {r["source"]: r for r in comparison}
         keys = list(dict.fromkeys(r["student"] for r in curve))
@@ -136,6 +156,11 @@ def curve_figures(p: Params, comparison: list[dict], out: Path) -> list[Path]:
             written.append(band_plot(arms, by_arm, "training step", f"FID ({features})",
                                      "FID against training steps: arms with several training seeds (mean, 2 se)",
                                      logy=True, hlines=floors))
+        if len(panels := curves_by_tokens(comparison, curve, tokens)) > 1:
+            written.append(band_panels({f"{n} tokens per image": c for n, c in panels.items()}, by_tokens,
+                                       "training step", f"FID ({features})",
+                                       "FID against training steps per arm and token count (mean over training "
+                                       "seeds, 2 se)", logy=True, hlines=floors, colour_of=family))
         per_step = {k: rows[k]["train_gflops_per_image"] * p.train_config(k).batch_size / 1e6 for k in keys}
         written.append(line_plot({k: ([s * per_step[k] for s in steps[k]], fids[k]) for k in keys},
                                  Path(out, "figures", "fid_vs_training_flops.png"), "training compute (PFLOPs)",

@@ -82,9 +82,7 @@ def band_plot(series: dict[str, dict], path: str | Path, xlabel: str, ylabel: st
     horizontal reference lines."""
     fig, ax = _figure(figsize=(5.5, 3.6))
     for i, (name, s) in enumerate(series.items()):
-        y, two_se = torch.tensor(s["fid"]), 2 * torch.tensor(s["se"])
-        ax.plot(s["step"], y, marker="o", ms=3, color=f"C{i}", label=name)
-        ax.fill_between(s["step"], y - two_se, y + two_se, color=f"C{i}", alpha=0.2, lw=0)
+        _band(ax, name, s, f"C{i}")
     for i, (name, y) in enumerate((hlines or {}).items()):
         ax.axhline(y, ls="--", lw=1, color=f"C{len(series) + i}", label=name)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
@@ -93,6 +91,13 @@ def band_plot(series: dict[str, dict], path: str | Path, xlabel: str, ylabel: st
     ax.grid(alpha=0.3)
     _legend(ax, len(series) + len(hlines or {}), beside=True)   # (the bands fill the axes)
     return _save(fig, path)
+
+
+def _band(ax, name: str, s: dict, colour: str) -> None:
+    """One series {"step", "fid", "se"}: its line and a band of +- 2 se."""
+    y, two_se = torch.tensor(s["fid"]), 2 * torch.tensor(s["se"])
+    ax.plot(s["step"], y, marker="o", ms=3, color=colour, label=name)
+    ax.fill_between(s["step"], y - two_se, y + two_se, color=colour, alpha=0.2, lw=0)
 
 
 def band_panels(panels: dict[str, dict[str, dict]], path: str | Path, xlabel: str, ylabel: str, title: str = "",
@@ -104,9 +109,7 @@ def band_panels(panels: dict[str, dict[str, dict]], path: str | Path, xlabel: st
     colours = list(dict.fromkeys(colour_of(name) for series in panels.values() for name in series))
     for ax, (panel, series) in zip(axes[0], panels.items()):
         for name, s in series.items():
-            y, two_se, c = torch.tensor(s["fid"]), 2 * torch.tensor(s["se"]), f"C{colours.index(colour_of(name))}"
-            ax.plot(s["step"], y, marker="o", ms=3, color=c, label=name)
-            ax.fill_between(s["step"], y - two_se, y + two_se, color=c, alpha=0.2, lw=0)
+            _band(ax, name, s, f"C{colours.index(colour_of(name))}")
         for i, (name, y) in enumerate((hlines or {}).items()):
             ax.axhline(y, ls="--", lw=1, color=f"C{len(colours) + i}", label=name)
         ax.set(xlabel=xlabel, title=panel)

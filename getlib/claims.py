@@ -10,13 +10,14 @@ provisional. VERDICT_RULE states the rule; it is printed above the table.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections import Counter, namedtuple
 
 import numpy as np
 
-from getlib.settings import GET_CONFIGS, VIT_CONFIGS
+from getlib.models import GET_models, ViT_models
 
 __all__ = ["VERDICT_RULE", "PLATEAU_RULE", "DECISIVE_SEEDS", "MATCH_MARGIN", "Arm", "arms", "arm_stats", "verdict",
            "claims_rows", "verdicts_by_tokens", "token_counts", "plateau_rows", "arm_curves", "curves_by_tokens"]
@@ -201,13 +202,15 @@ def verdicts_by_tokens(rows: list[dict], comparison: list[dict]) -> list[dict]:
 
 
 def token_counts(models: list[str], image_side: int) -> dict[str, int]:
-    """{model: tokens per image} for square images of `image_side` pixels (the registered patch sizes;
-    the paper's configs: 2)."""
-    configs = {**GET_CONFIGS, **VIT_CONFIGS}
-    unknown = sorted(set(models) - set(configs))
+    """{model: tokens per image} for square images of `image_side` pixels (each registered config's
+    patch size, else its class's default)."""
+    registry = {**GET_models, **ViT_models}
+    unknown = sorted(set(models) - set(registry))
     if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; choose from {sorted(configs)}")
-    return {m: (image_side // configs[m].get("patch_size", 2)) ** 2 for m in models}
+        raise ValueError(f"unknown model(s) {unknown}; choose from {sorted(registry)}")
+    patch = {m: registry[m].keywords.get("patch_size", inspect.signature(registry[m].func).parameters["patch_size"]
+                                         .default) for m in models}
+    return {m: (image_side // patch[m]) ** 2 for m in models}
 
 
 def _condition_rows(groups, curve, iterations, fixed_point, decoding, memory: bool = True) -> list[dict]:
@@ -243,6 +246,9 @@ def _gflops(groups, arm: Arm) -> float:
     return groups[arm][0]["gflops_per_sample"]
 
 
+EQUAL_SAMPLING_RATIO = 1.5   # "equal sampling FLOPs": a ViT at most this factor cheaper or dearer per sample
+
+
 def _nearest_vit(groups, arm) -> Arm | None:
     """The arm of a ViT (all pairs, real targets) nearest `arm` in FLOPs per sample."""
     vits = [k for k in groups if _plain(k) and k.model.startswith("ViT")]
@@ -250,12 +256,20 @@ def _nearest_vit(groups, arm) -> Arm | None:
 
 
 def _equal_sampling_row(claim: str, groups, arm, paper: str = "GET matches a ~5x larger ViT at similar compute") -> dict:
-    """Arm against the best arm of the ViT nearest it in FLOPs per sample."""
+    """Arm against the best arm of the ViT nearest it in FLOPs per sample, if that ViT is within
+    EQUAL_SAMPLING_RATIO of it; otherwise not tested (no ViT in the profile costs what it costs)."""
     near = _nearest_vit(groups, arm)
-    other = _best(groups, lambda k: _plain(k) and near is not None and k.model == near.model)
-    return _row(claim, paper, f"the GET arm ({_gflops(groups, arm[0]):.3g} GFLOPs/sample) against the best arm of "
-                "the ViT nearest it in sampling FLOPs" + (f" ({near.model}, {_gflops(groups, near):.3g})" if near else ""),
-                arm, other)
+    ratio = _gflops(groups, near) / _gflops(groups, arm[0]) if near else 0
+    close = near is not None and 1 / EQUAL_SAMPLING_RATIO <= ratio <= EQUAL_SAMPLING_RATIO
+    other = _best(groups, lambda k: _plain(k) and close and k.model == near.model)
+    compared = (f"the GET arm ({_gflops(groups, arm[0]):.3g} GFLOPs/sample) against the best arm of the ViT "
+                f"nearest it in sampling FLOPs, if within {EQUAL_SAMPLING_RATIO:g}x")
+    if near:
+        compared += f" ({near.model}, {_gflops(groups, near):.3g}" + ("" if close else f": {ratio:.2g}x, too far") + ")"
+    row = _row(claim, paper, compared, arm, other)
+    if near and not close:
+        row["ours"] = f"no ViT in this profile within {EQUAL_SAMPLING_RATIO:g}x of its sampling FLOPs"
+    return row
 
 
 def _larger_vit_row(claim: str, paper: str, which: str, groups, arm, big) -> dict:
@@ -443,9 +457,9 @@ def plateau_rows(comparison: list[dict], curve: list[dict]) -> list[dict]:
 
 
 def arm_curves(comparison: list[dict], curve: list[dict], min_seeds: int = 2) -> dict[str, dict]:
-    """{arm: {"step", "fid", "se"}} for each arm with at least `min_seeds` training seeds: its runs'
-    EMA-snapshot FIDs (first seed range) averaged at each step all of them reached, with the standard
-    error over the seeds (0 for one seed: no band). An arm whose curve a longer arm's holds (the same
+    """{arm: {"step", "fid", "se", "family"}} for each arm with at least `min_seeds` training seeds: its
+    runs' EMA-snapshot FIDs (first seed range) averaged at each step all of them reached, with the
+    standard error over the seeds (0 for one seed: no band); "family": the arm at any token count. An arm whose curve a longer arm's holds (the same
     settings but the steps, and the same values at every step of the shorter curve: its runs continue
     the shorter ones) is left out."""
     fid = {(c["student"], c["step"]): c["fid"] for c in curve}
@@ -462,8 +476,13 @@ def arm_curves(comparison: list[dict], curve: list[dict], min_seeds: int = 2) ->
                    and d["fid"][:len(c["fid"])] == c["fid"] for other, d in curves.items())
     several = len({arm.condition for arm in curves}) > 1
     return {f"{_name(arm)}{f' ({arm.condition})' if several else ''}, {arm.train_steps:,} steps, "
-            f"{c['n']} seed{'s' * (c['n'] > 1)}": {k: c[k] for k in ("step", "fid", "se")}
+            f"{c['n']} seed{'s' * (c['n'] > 1)}": {**{k: c[k] for k in ("step", "fid", "se")}, "family": _family(arm)}
             for arm, c in curves.items() if not held(arm, c)}
+
+
+def _family(arm: Arm) -> str:
+    """The arm's name without its patch size (so without its token count): 'GET-P, paper, lr 0.001'."""
+    return _name(arm._replace(model=arm.model.split("/")[0]))
 
 
 def curves_by_tokens(comparison: list[dict], curve: list[dict], tokens: dict[str, int]) -> dict[int, dict[str, dict]]:

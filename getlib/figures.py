@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -101,15 +100,15 @@ def _band(ax, name: str, s: dict, colour: str) -> None:
 
 
 def band_panels(panels: dict[str, dict[str, dict]], path: str | Path, xlabel: str, ylabel: str, title: str = "",
-                logy: bool = False, hlines: dict[str, float] | None = None,
-                colour_of: Callable[[str], str] = str) -> Path:
+                logy: bool = False, hlines: dict[str, float] | None = None) -> Path:
     """`band_plot`'s lines side by side, one panel per named group of series, on a shared y-axis;
-    series with the same `colour_of(name)` get one colour in every panel."""
+    series with the same "family" (a key of the series; else its name) get one colour in every panel."""
     fig, axes = _figure(1, len(panels), figsize=(4.2 * len(panels) + 2.4, 3.8), sharey=True, squeeze=False)
-    colours = list(dict.fromkeys(colour_of(name) for series in panels.values() for name in series))
+    colour_of = lambda name, s: s.get("family", name)  # noqa: E731
+    colours = list(dict.fromkeys(colour_of(*item) for series in panels.values() for item in series.items()))
     for ax, (panel, series) in zip(axes[0], panels.items()):
         for name, s in series.items():
-            _band(ax, name, s, f"C{colours.index(colour_of(name))}")
+            _band(ax, name, s, f"C{colours.index(colour_of(name, s))}")
         for i, (name, y) in enumerate((hlines or {}).items()):
             ax.axhline(y, ls="--", lw=1, color=f"C{len(colours) + i}", label=name)
         ax.set(xlabel=xlabel, title=panel)

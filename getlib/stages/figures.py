@@ -6,13 +6,13 @@ evaluation's results and the training logs they are drawn from are read from res
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 import torch
 
 from getlib.checkpoints import load_teacher_of
 from getlib.config import Params, device_of
+from getlib.data import Dataset
 from getlib.edm import edm_sampler, latents_for_seeds, sample_teacher, seeds_by_class
 from getlib.evaluate import sample_student
 from getlib.claims import (PLATEAU_RULE, VERDICT_RULE, arm_curves, claims_rows, curves_by_tokens, plateau_rows,
@@ -33,9 +33,9 @@ def make_figures(p: Params) -> list[Path]:
     not `publishing()`, under work/<profile>/unpublished/); returns the files written."""
     comparison = read_json(p.results("evaluation", "comparison.json"))
     out = p.results() if publishing() else p.work("unpublished")
-    tokens = token_counts(sorted({r["model"] for r in comparison if r["kind"] in ("GET", "ViT")}),
-                          load_data(p).shape[-1])
-    return tables(p, comparison, tokens, out) + sample_figures(p, out) + curve_figures(p, comparison, tokens, out)
+    ds = load_data(p)
+    tokens = token_counts(sorted({r["model"] for r in comparison if r["kind"] in ("GET", "ViT")}), ds.shape[-1])
+    return tables(p, comparison, tokens, out) + sample_figures(p, ds, out) + curve_figures(p, comparison, tokens, out)
 
 
 def tables(p: Params, comparison: list[dict], tokens: dict[str, int], out: Path) -> list[Path]:
@@ -85,10 +85,10 @@ def tables(p: Params, comparison: list[dict], tokens: dict[str, int], out: Path)
     return [folder / f"{name}.md" for name in names]
 
 
-def sample_figures(p: Params, out: Path) -> list[Path]:
+def sample_figures(p: Params, ds: Dataset, out: Path) -> list[Path]:
     """Per condition: the same evaluation seeds (latents no student was trained on) through the
-    teacher and every student, and a spherical interpolation between the first two latents."""
-    ds = load_data(p)
+    teacher and every student (`ds`: the profile's data), and a spherical interpolation between the
+    first two latents."""
     device = device_of(p.evaluate.device)
     written = []
     for condition in p.conditions:
@@ -120,12 +120,6 @@ def sample_figures(p: Params, out: Path) -> list[Path]:
         written.append(image_rows(rows, Path(out, "figures", f"interpolation-{condition}.png"),
                                   f"{condition}: spherical interpolation between two latents (left to right)"))
     return written
-
-
-def family(arm_name: str) -> str:
-    """An arm's name (`claims.arm_curves`) without its patch size, steps and seeds: 'GET-P/1, paper, lr
-    0.001, 4,400 steps, 3 seeds' -> 'GET-P, paper, lr 0.001', one colour at every token count."""
-    return re.sub(r"/\d+,", ",", arm_name.rsplit(", ", 2)[0])
 
 
 def curve_figures(p: Params, comparison: list[dict], tokens: dict[str, int], out: Path) -> list[Path]:
@@ -160,7 +154,7 @@ def curve_figures(p: Params, comparison: list[dict], tokens: dict[str, int], out
             written.append(band_panels({f"{n} tokens per image": c for n, c in panels.items()}, by_tokens,
                                        "training step", f"FID ({features})",
                                        "FID against training steps per arm and token count (mean over training "
-                                       "seeds, 2 se)", logy=True, hlines=floors, colour_of=family))
+                                       "seeds, 2 se)", logy=True, hlines=floors))
         per_step = {k: rows[k]["train_gflops_per_image"] * p.train_config(k).batch_size / 1e6 for k in keys}
         written.append(line_plot({k: ([s * per_step[k] for s in steps[k]], fids[k]) for k in keys},
                                  Path(out, "figures", "fid_vs_training_flops.png"), "training compute (PFLOPs)",

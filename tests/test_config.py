@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from getlib.claims import token_counts
 from getlib.config import ParamsError, load_params
 from getlib.models import GET_models, ViT_models
 from conftest import ROOT
@@ -71,7 +72,7 @@ def test_the_64_token_block_changes_only_the_students():
     arms, seeds = {}, {}
     for key in p.students:
         cfg = p.train_config(key)
-        patch = {"GET-P/1": 1, "ViT-P/1": 1, "GET-P/2": 2, "ViT-P/2": 2}[cfg.model]
+        patch = {64: 1, 16: 2}[token_counts([cfg.model], 8)[cfg.model]]
         arm = (cfg.model[:3], cfg.deq.get("recipe"), bool(cfg.deq.get("state_norm")), cfg.lr)
         arms.setdefault(patch, set()).add(arm)
         seeds.setdefault((patch, arm), set()).add(cfg.seed)

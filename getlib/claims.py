@@ -109,9 +109,12 @@ def _plain(arm: Arm) -> bool:
 
 
 def _best(groups: dict[Arm, list[dict]], pick) -> tuple[Arm, dict] | None:
-    """The arm with the lowest mean FID among those `pick(arm)` accepts."""
+    """The arm with the lowest mean FID among those `pick(arm)` accepts that have the most training
+    seeds: the protocol trains seeds 1 and 2 at the rate seed 0 picked, so a one-seed arm at another
+    rate does not stand in for that arm on a lucky seed."""
     cands = [(k, arm_stats(v)) for k, v in groups.items() if pick(k)]
-    return min(cands, key=lambda c: c[1]["fid"]) if cands else None
+    most = max((s["n"] for _, s in cands), default=0)
+    return min((c for c in cands if c[1]["n"] == most), key=lambda c: c[1]["fid"]) if cands else None
 
 
 def _curve_stats(curve: list[dict], runs: list[dict], x_of_step, x: float) -> dict | None:

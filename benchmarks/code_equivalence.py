@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from getlib.io import atomic_write, atomic_write_json, read_json  # noqa: E402
+from getlib.machine import machine  # noqa: E402
 from getlib.records import EQUIVALENCES, ROWS_CODE, score_differences  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def machine_name() -> str:
     import torch
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    return f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}"
+    return f"{cpu}: {machine(torch.device('cpu'))}"
 
 IGNORED = [line.strip() for line in (ROOT / ".dvcignore").read_text().splitlines()
            if line.strip() and not line.startswith("#")]

@@ -5,7 +5,8 @@ keep. Its record does: every evaluation row of that student (comparison, iterati
 fixed_point, training) beside two identities that say what the rows are a function of:
 - `run`: the settings the profile gives the run (those its checkpoint was checked to hold by
   `runs.resume_problems`), its pair set's manifest sha256, the training code's fingerprint, the
-  number of processes, and the machine: torch's build and the CPU's instruction set or the GPU. That
+  number of processes, and the machine (`getlib.machine`: torch's build, the instruction set of each CPU
+  kernel library, or the GPU). That
   is the machine that evaluates the run, which is the one that trained it: a run folder lives in
   work/, which no session or machine shares, and `runs.reuse_problems` copies runs only within one;
 - `evaluation`: the evaluate params, the feature network's files (sha256), the fingerprint of
@@ -26,10 +27,11 @@ import torch
 
 from getlib.config import Params, device_of
 from getlib.io import atomic_write_json, file_sha256, read_json
+from getlib.machine import machine
 from getlib.provenance import PACKAGE, code_fingerprint
 from getlib.runs import OUTPUT_NEUTRAL, jsonable, run_provenance, run_settings
 
-__all__ = ["TABLES", "EQUIVALENCES", "as_current_code", "machine", "run_identity", "evaluation_identity", "record_path", "write_record", "read_record",
+__all__ = ["TABLES", "EQUIVALENCES", "as_current_code", "run_identity", "evaluation_identity", "record_path", "write_record", "read_record",
            "record_problems", "score_differences"]
 
 TABLES = ("comparison", "iterations", "decoding", "fixed_point", "training")
@@ -39,15 +41,6 @@ TIMED = {"images_per_s", "peak_mib"}
 ROWS_CODE = ("stages/evaluate.py", "records.py")
 # Code changes shown to leave runs and rows unchanged (benchmarks/code_equivalence.py writes it).
 EQUIVALENCES = PACKAGE.parent / "results" / "code_equivalence.json"
-
-
-def machine(device: torch.device) -> str:
-    """The device as far as it shapes floating-point results: torch's build and the CPU's vector
-    instruction set or the GPU's name. Kernels round differently across them, so the same code and
-    seeds train different weights: the default's teacher and feature network differ between two
-    machines of this project's CPU pool, and so do their FIDs in the last digits."""
-    what = torch.cuda.get_device_name(device) if device.type == "cuda" else torch.backends.cpu.get_cpu_capability()
-    return f"{device.type} ({what}), torch {torch.__version__}"
 
 
 def run_identity(p: Params, key: str) -> dict:

@@ -1,0 +1,64 @@
+"""getlib.machine: the name a record gives the machine, by the kernels each CPU library runs."""
+import pytest
+import torch
+
+import getlib.machine as m
+
+AVX512 = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"})
+AVX2 = frozenset({"avx2", "fma"})
+
+
+def test_a_cpus_class_is_atens():
+    assert m.cpu_class(AVX512) == "AVX512"
+    assert m.cpu_class(AVX2 | {"avx512f"}) == "AVX2"   # AVX-512 needs F, BW, VL and DQ
+    assert m.cpu_class(frozenset({"sse4_2", "avx"})) == "DEFAULT"
+
+
+def test_onednn_is_the_cpu_lowered_by_its_variable_as_onednn_reads_it():
+    assert m.onednn_class(AVX512, {}) == "AVX512"
+    assert m.onednn_class(AVX512, {"DNNL_MAX_CPU_ISA": "AVX2"}) == "AVX2"
+    assert m.onednn_class(AVX512, {"DNNL_MAX_CPU_ISA": "avx512_core", "ONEDNN_MAX_CPU_ISA": "avx2_vnni"}) == "AVX2"
+    assert m.onednn_class(AVX2, {"DNNL_MAX_CPU_ISA": "AVX512_CORE"}) == "AVX2"   # never above the CPU
+    assert m.onednn_class(AVX512, {"DNNL_MAX_CPU_ISA": "AVX2_FOO"}) == "AVX512"   # a name oneDNN ignores
+
+
+def test_mkl_is_a_choice_on_intel_cpus_only():
+    assert m.mkl_class(AVX512, "AuthenticAMD", {}) is None
+    assert m.mkl_class(AVX512, "GenuineIntel", {}) == "AVX512"
+    assert m.mkl_class(AVX512, "GenuineIntel", {"MKL_ENABLE_INSTRUCTIONS": "avx2"}) == "AVX2"
+
+
+def test_numpy_and_openblas_classes():
+    dispatch = ["X86_V3", "X86_V4", "AVX512_ICL", "AVX512_SPR"]
+    assert m.numpy_class(dispatch, {"X86_V3": True, "X86_V4": True, "AVX512_ICL": False}) == "AVX512"
+    assert m.numpy_class(dispatch, {"X86_V3": True, "X86_V4": False, "AVX512_ICL": False}) == "AVX2"
+    assert m.numpy_class(dispatch, {}) == "DEFAULT"
+    assert m.openblas_class(["Haswell", "Zen"]) == "AVX2"
+    assert m.openblas_class(["SkylakeX", "Haswell"]) == "AVX2/AVX512"
+    assert m.openblas_class(["Neoversen2"]) == "Neoversen2"
+    assert m.openblas_class([]) is None
+
+
+def test_a_machine_is_named_by_each_library_that_differs_from_aten(monkeypatch):
+    """An AVX-512 CPU with only ATen lowered makes neither machine's bytes: its records must not pass
+    for the AVX2 machine's. With every library lowered, or none, one name, as records always had."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    half = {"oneDNN": "AVX512", "MKL": None, "numpy": "AVX512", "OpenBLAS": "AVX2"}
+    monkeypatch.setattr(m, "kernel_sets", lambda: half)
+    assert m.machine(torch.device("cpu")) == f"cpu (AVX2, oneDNN AVX512, numpy AVX512), torch {torch.__version__}"
+    monkeypatch.setattr(m, "kernel_sets", lambda: dict.fromkeys(half, "AVX2") | {"MKL": None})
+    assert m.machine(torch.device("cpu")) == f"cpu (AVX2), torch {torch.__version__}"
+
+
+@pytest.mark.skipif(m._cpuinfo()[0] is None, reason="no x86 /proc/cpuinfo here")
+def test_this_machine_unlowered_is_named_as_aten_names_it():
+    """(The tests run without the lowering variables: every library then takes the CPU's own class,
+    so the name is the one the committed records hold.)"""
+    lowering = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")
+    import os
+    if any(v in os.environ for v in lowering):
+        pytest.skip("a lowering variable is set")
+    flags, _ = m._cpuinfo()
+    assert torch.backends.cpu.get_cpu_capability() == m.cpu_class(flags)
+    assert m.machine(torch.device("cpu")) == f"cpu ({m.cpu_class(flags)}), torch {torch.__version__}"

@@ -45,6 +45,7 @@ OPENBLAS = {"Haswell": "AVX2", "Zen": "AVX2", "SkylakeX": "AVX512", "Cooperlake"
 
 
 def machine(device: torch.device) -> str:
+    """The name a run record keeps for `device` (see the module's docstring)."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)}), torch {torch.__version__}"
     what = torch.backends.cpu.get_cpu_capability()
@@ -55,7 +56,6 @@ def machine(device: torch.device) -> str:
 def kernel_sets() -> dict[str, str | None]:
     """The instruction-set class each library besides ATen runs in this process (None: not known)."""
     flags, vendor = _cpuinfo()
-    import numpy
     import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS, which threadpoolctl then sees)
     import threadpoolctl
     try:
@@ -63,7 +63,6 @@ def kernel_sets() -> dict[str, str | None]:
         numpy_isa = numpy_class(__cpu_dispatch__, __cpu_features__)
     except ImportError:
         numpy_isa = None
-    del numpy
     cores = [lib.get("architecture") for lib in threadpoolctl.threadpool_info() if lib.get("internal_api") == "openblas"]
     return {"oneDNN": None if flags is None else onednn_class(flags, os.environ),
             "MKL": None if flags is None else mkl_class(flags, vendor, os.environ),
@@ -100,8 +99,8 @@ def onednn_class(flags, environ: Mapping[str, str]) -> str:
 
 
 def mkl_class(flags, vendor: str | None, environ: Mapping[str, str]) -> str | None:
-    """MKL picks AVX-512 kernels on Intel CPUs; on others it is no separate choice (None): on this
-    pool's AMD CPUs, with and without AVX-512, it gave the same results, lowered or not."""
+    """MKL picks AVX-512 kernels on Intel CPUs; on others it is no separate choice (None): on the AMD
+    EPYC with AVX-512, lowering it changed no result, and left as it was it gave the AVX2 one's."""
     if vendor != "GenuineIntel":
         return None
     return _lowest(cpu_class(flags), MKL.get(environ.get("MKL_ENABLE_INSTRUCTIONS", "").strip().upper(), "AVX512"))

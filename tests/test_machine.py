@@ -1,4 +1,6 @@
 """getlib.machine: the name a record gives the machine, by the kernels each CPU library runs."""
+import os
+
 import pytest
 import torch
 
@@ -56,7 +58,6 @@ def test_this_machine_unlowered_is_named_as_aten_names_it():
     so the name is the one the committed records hold.)"""
     lowering = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
                 "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")
-    import os
     if any(v in os.environ for v in lowering):
         pytest.skip("a lowering variable is set")
     flags, _ = m._cpuinfo()

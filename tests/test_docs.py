@@ -36,9 +36,10 @@ def _clean(s: str) -> str:
 
 
 def figures(text: str) -> list[tuple[int, str, str]]:
-    """Every `x ± y` figure in a text: (line number, x, y), thousands separators dropped."""
-    return [(n, _clean(m.group(1)), _clean(m.group(2)))
-            for n, line in enumerate(text.splitlines(), 1) for m in PLUS_MINUS.finditer(line)]
+    """Every `x ± y` figure in a text, one wrapped across lines included: (the line it starts on, x,
+    y), thousands separators dropped."""
+    return [(text.count("\n", 0, m.start()) + 1, _clean(m.group(1)), _clean(m.group(2)))
+            for m in PLUS_MINUS.finditer(text)]
 
 
 def committed_result_files(root: Path = ROOT) -> list[Path]:
@@ -165,6 +166,9 @@ def test_the_figure_checker_reports_what_no_result_holds():
     assert missing_figures({"doc.md": text}, evidence) == [
         "doc.md:2: 12.34 ± 5.67", "doc.md:3: 22.1 ± 0.4", "doc.md:3: 27.04 ± 2.41", "doc.md:3: 11.38 ± 11.38"]
     assert figures("1,425.75 ± 2.88, and 2 se 0.5") == [(1, "1425.75", "2.88")]
+    # a figure wrapped across lines is checked too, on the line it starts on
+    assert missing_figures({"doc.md": "a line\nwrapped: 12.34 ±\n  5.67, found: 27.0 ±\n2.4"}, evidence) == [
+        "doc.md:2: 12.34 ± 5.67"]
     # and against the committed results: a made-up figure is reported, a real one is not
     real = committed_evidence()
     assert missing_figures({"doc.md": "12.34 ± 5.67"}, real) == ["doc.md:1: 12.34 ± 5.67"]

@@ -12,9 +12,10 @@ two AMD EPYC kinds: docs/results.md#reproducibility-across-machines):
     ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell \
     NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"
 
-An Intel CPU so lowered, MKL_ENABLE_INSTRUCTIONS=AVX2 included, did not make the AMD machines'
-results (measured on a Xeon by benchmarks/lowering.py: another feature network), although its name
-reads the same; records stay apart by their pair-set and feature-network hashes (getlib.records).
+The Intel Xeon this project was lent, so lowered and MKL_ENABLE_INSTRUCTIONS=AVX2 too, did not make
+the AMD machines' results (benchmarks/lowering.py: another feature network), although its name reads
+the same: records of the two stay apart only by their pair-set and feature-network hashes
+(getlib.records), so train a study's runs only where its folders were made.
 
 `machine` names one instruction set when all libraries agree ("cpu (AVX2), torch 2.14.1") and each
 library that differs from ATen's otherwise ("cpu (AVX2, oneDNN AVX512, numpy AVX512), ..."), so a

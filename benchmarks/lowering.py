@@ -108,8 +108,7 @@ def main() -> None:
         f"run records keep: claims-64's ({committed['claims-64'][:12]}..., made by the AMD EPYC AVX2 machine "
         "and by the AVX-512 one lowered; the committed default's, held-out accuracy "
         f"{committed_accuracy:.4f} in results/digits/features.json) and the 16-token claims study's "
-        f"({committed['claims'][:12]}..., the AMD EPYC AVX-512 machine's as it is). getlib.machine reads "
-        "MKL_ENABLE_INSTRUCTIONS, not MKL_CBWR, so it names MKL AVX512 under MKL_CBWR=AVX2. "
+        f"({committed['claims'][:12]}..., the AMD EPYC AVX-512 machine's as it is). "
         "Written by benchmarks/lowering.py.", "",
         "| environment | record name (getlib.machine) | threads | held-out accuracy | sha256 "
         "| claims-64's (AMD AVX2) | claims' (AMD AVX-512) |",

@@ -12,14 +12,16 @@ two AMD EPYC kinds: docs/results.md#reproducibility-across-machines):
     ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell \
     NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"
 
-The Intel Xeon this project was lent, so lowered and MKL_ENABLE_INSTRUCTIONS=AVX2 too, did not make
-the AMD machines' results (benchmarks/lowering.py: another feature network), although its name reads
-the same: records of the two stay apart only by their pair-set and feature-network hashes
-(getlib.records), so train a study's runs only where its folders were made.
+The Intel Xeon this project was lent, so lowered and MKL too (MKL_ENABLE_INSTRUCTIONS=AVX2 or
+MKL_CBWR=AVX2), did not make the AMD machines' results (benchmarks/lowering.py: another feature
+network): the libraries pick their code paths by the CPU's maker as well.
 
 `machine` names one instruction set when all libraries agree ("cpu (AVX2), torch 2.14.1") and each
 library that differs from ATen's otherwise ("cpu (AVX2, oneDNN AVX512, numpy AVX512), ..."), so a
-half-lowered machine does not pass for either. Classes are ATen's names: DEFAULT, AVX2, AVX512.
+half-lowered machine does not pass for either; and it names the CPU's maker unless it is AMD's
+("cpu (AVX2, GenuineIntel), ..."), so that an Intel machine does not pass for the AMD EPYC machines
+that made every committed record (whose names stay as they were). Classes are ATen's names: DEFAULT,
+AVX2, AVX512.
 """
 from __future__ import annotations
 
@@ -39,9 +41,12 @@ ONEDNN = {"sse41": "DEFAULT", "avx": "DEFAULT", "avx2": "AVX2", "avx2_vnni": "AV
                                          "avx512_core_amx", "avx512_core_amx_fp16", "avx10_1_512",
                                          "avx10_1_512_amx", "avx10_1_512_amx_fp16", "avx10_2_512",
                                          "avx10_2_512_amx_2")}}
-# MKL's names for MKL_ENABLE_INSTRUCTIONS
+# MKL's names for MKL_ENABLE_INSTRUCTIONS, and for MKL_CBWR (its reproducible code path; COMPATIBLE: SSE2)
 MKL = {"SSE4_2": "DEFAULT", "AVX": "DEFAULT", "AVX2": "AVX2", "AVX512": "AVX512", "AVX512_E1": "AVX512",
        "AVX512_E2": "AVX512", "AVX512_E3": "AVX512", "AVX512_E4": "AVX512", "AVX10": "AVX512"}
+MKL_CBWR = {**MKL, "COMPATIBLE": "DEFAULT", "SSE2": "DEFAULT", "SSSE3": "DEFAULT", "SSE4_1": "DEFAULT"}
+# the maker whose CPUs made every committed record: machine() leaves it unnamed, as those records do
+AMD = "AuthenticAMD"
 # OpenBLAS's core names (threadpoolctl's "architecture") of the x86 kernels this pool's CPUs get
 OPENBLAS = {"Haswell": "AVX2", "Zen": "AVX2", "SkylakeX": "AVX512", "Cooperlake": "AVX512",
             "SapphireRapids": "AVX512"}
@@ -53,6 +58,9 @@ def machine(device: torch.device) -> str:
         return f"cuda ({torch.cuda.get_device_name(device)}), torch {torch.__version__}"
     what = torch.backends.cpu.get_cpu_capability()
     what += "".join(f", {library} {isa}" for library, isa in kernel_sets().items() if isa not in (None, what))
+    vendor = _cpuinfo()[1]
+    if vendor not in (None, AMD):
+        what += f", {vendor}"
     return f"{device.type} ({what}), torch {torch.__version__}"
 
 
@@ -106,7 +114,9 @@ def mkl_class(flags, vendor: str | None, environ: Mapping[str, str]) -> str | No
     EPYC with AVX-512, lowering it changed no result, and left as it was it gave the AVX2 one's."""
     if vendor != "GenuineIntel":
         return None
-    return _lowest(cpu_class(flags), MKL.get(environ.get("MKL_ENABLE_INSTRUCTIONS", "").strip().upper(), "AVX512"))
+    cbwr = environ.get("MKL_CBWR", "").split(",")[0].strip().upper()   # (a ",STRICT" suffix aside)
+    return _lowest(cpu_class(flags), MKL.get(environ.get("MKL_ENABLE_INSTRUCTIONS", "").strip().upper(), "AVX512"),
+                   MKL_CBWR.get(cbwr, "AVX512"))
 
 
 def numpy_class(dispatch: list[str], features: Mapping[str, bool]) -> str:

@@ -28,6 +28,10 @@ def test_mkl_is_a_choice_on_intel_cpus_only():
     assert m.mkl_class(AVX512, "AuthenticAMD", {}) is None
     assert m.mkl_class(AVX512, "GenuineIntel", {}) == "AVX512"
     assert m.mkl_class(AVX512, "GenuineIntel", {"MKL_ENABLE_INSTRUCTIONS": "avx2"}) == "AVX2"
+    # MKL_CBWR=AVX2 made the same bytes as MKL_ENABLE_INSTRUCTIONS=AVX2 (benchmarks/results/lowering.md)
+    assert m.mkl_class(AVX512, "GenuineIntel", {"MKL_CBWR": "AVX2,STRICT"}) == "AVX2"
+    assert m.mkl_class(AVX512, "GenuineIntel", {"MKL_CBWR": "COMPATIBLE"}) == "DEFAULT"
+    assert m.mkl_class(AVX512, "GenuineIntel", {"MKL_CBWR": "AUTO", "MKL_ENABLE_INSTRUCTIONS": "AVX512"}) == "AVX512"
 
 
 def test_numpy_and_openblas_classes():
@@ -45,6 +49,7 @@ def test_a_machine_is_named_by_each_library_that_differs_from_aten(monkeypatch):
     """An AVX-512 CPU with only ATen lowered makes neither machine's bytes: its records must not pass
     for the AVX2 machine's. With every library lowered, or none, one name, as records always had."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(m, "_cpuinfo", lambda: (AVX512, "AuthenticAMD"))
     half = {"oneDNN": "AVX512", "MKL": None, "numpy": "AVX512", "OpenBLAS": "AVX2"}
     monkeypatch.setattr(m, "kernel_sets", lambda: half)
     assert m.machine(torch.device("cpu")) == f"cpu (AVX2, oneDNN AVX512, numpy AVX512), torch {torch.__version__}"
@@ -52,14 +57,30 @@ def test_a_machine_is_named_by_each_library_that_differs_from_aten(monkeypatch):
     assert m.machine(torch.device("cpu")) == f"cpu (AVX2), torch {torch.__version__}"
 
 
+def test_a_cpu_not_amds_is_named_by_its_maker(monkeypatch):
+    """The Intel Xeon lent to this project, lowered to AVX2 in every library, made other bytes than
+    the AMD EPYC machines (benchmarks/results/lowering.md): its name must not be theirs. AMD's CPUs,
+    which made every committed record, keep the names those records hold."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    lowered = {"oneDNN": "AVX2", "MKL": "AVX2", "numpy": "AVX2", "OpenBLAS": "AVX2"}
+    monkeypatch.setattr(m, "kernel_sets", lambda: lowered)
+    monkeypatch.setattr(m, "_cpuinfo", lambda: (AVX512, "GenuineIntel"))
+    intel = m.machine(torch.device("cpu"))
+    assert intel == f"cpu (AVX2, GenuineIntel), torch {torch.__version__}"
+    monkeypatch.setattr(m, "_cpuinfo", lambda: (AVX512, "AuthenticAMD"))
+    monkeypatch.setattr(m, "kernel_sets", lambda: lowered | {"MKL": None})
+    assert m.machine(torch.device("cpu")) == f"cpu (AVX2), torch {torch.__version__}" != intel
+
+
 @pytest.mark.skipif(m._cpuinfo()[0] is None, reason="no x86 /proc/cpuinfo here")
 def test_this_machine_unlowered_is_named_as_aten_names_it():
     """(The tests run without the lowering variables: every library then takes the CPU's own class,
     so the name is the one the committed records hold.)"""
     lowering = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-                "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")
+                "MKL_CBWR", "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")
     if any(v in os.environ for v in lowering):
         pytest.skip("a lowering variable is set")
-    flags, _ = m._cpuinfo()
+    flags, vendor = m._cpuinfo()
     assert torch.backends.cpu.get_cpu_capability() == m.cpu_class(flags)
-    assert m.machine(torch.device("cpu")) == f"cpu ({m.cpu_class(flags)}), torch {torch.__version__}"
+    maker = "" if vendor == m.AMD else f", {vendor}"
+    assert m.machine(torch.device("cpu")) == f"cpu ({m.cpu_class(flags)}{maker}), torch {torch.__version__}"

@@ -3,9 +3,9 @@ network of the committed results: the first artifact whose bytes tell one kind o
 
     python benchmarks/lowering.py     # -> benchmarks/results/lowering.md
 
-Each variant of the environment (getlib.machine's variables, alone and with MKL's) makes the default
-profile's data from scikit-learn's digits and trains its feature network in a fresh process on 2
-threads, exactly as the data and features stages do, and is compared by SHA-256 with the two feature
+Each variant of the environment (getlib.machine's variables, alone and with MKL's) runs the default
+profile's data and features stages (getlib.stages.data, getlib.stages.features) in a fresh process on
+2 threads, into a temporary folder, and its feature network is compared by SHA-256 with the two feature
 networks the run records keep: the claims-64 block's (the AMD EPYC AVX2 machine's, and the AVX-512
 one's lowered) and the 16-token claims study's (the AMD EPYC AVX-512 machine's as it is). Not a
 speed: a reproducibility check (docs/results.md#reproducibility-across-machines).
@@ -37,29 +37,22 @@ VARIANTS = {
 
 
 def child() -> None:
-    """Train the default's feature network here and print what came out, as JSON."""
+    """Run the default's data and features stages into a temporary root (publishing nothing) and print
+    what came out, as JSON."""
     import torch
 
     from getlib.config import load_params
-    from getlib.data import Dataset, real_images, save_dataset
-    from getlib.features import train_feature_net
     from getlib.machine import machine
+    from getlib.stages.data import prepare_data
+    from getlib.stages.features import make_features
 
-    p = load_params(ROOT / "profiles" / "digits.yaml", root=ROOT)
-    with tempfile.TemporaryDirectory() as tmp:   # the data stage's dataset.npz, made here
-        save_dataset(real_images(p.data.dataset, p.data.held_out, p.data.split_seed, None, p.data.check_md5),
-                     Path(tmp) / "dataset.npz")
-        ds = Dataset(Path(tmp) / "dataset.npz")
-    images = torch.cat([ds.train_images, ds.model_space(ds.held_raw)])
-    labels = torch.cat([ds.train_labels, ds.held_labels])
-    n = len(ds.train_raw)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "feature_net.pt"
-        _, report = train_feature_net(images, labels, torch.arange(n), torch.arange(n, len(images)),
-                                      epochs=p.features.epochs, seed=p.data.split_seed, out_path=path)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        p = load_params(ROOT / "profiles" / "digits.yaml", root=tmp)   # work/ under tmp
+        prepare_data(p)
+        summary = make_features(p)
+        digest = hashlib.sha256(p.work("features", "feature_net.pt").read_bytes()).hexdigest()
     print(json.dumps({"machine": machine(torch.device("cpu")), "threads": torch.get_num_threads(),
-                      "accuracy": report["held_out_accuracy"], "sha256": digest}))
+                      "accuracy": summary["held_out_accuracy"], "sha256": digest}))
 
 
 def committed_digest(folder: Path) -> str:

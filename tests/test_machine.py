@@ -1,10 +1,17 @@
 """getlib.machine: the name a record gives the machine, by the kernels each CPU library runs."""
+import importlib.util
+import json
 import os
 
 import pytest
 import torch
 
 import getlib.machine as m
+from conftest import ROOT
+
+_spec = importlib.util.spec_from_file_location("lowering", ROOT / "benchmarks" / "lowering.py")
+lowering = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lowering)
 
 AVX512 = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"})
 AVX2 = frozenset({"avx2", "fma"})
@@ -84,3 +91,14 @@ def test_this_machine_unlowered_is_named_as_aten_names_it():
     assert torch.backends.cpu.get_cpu_capability() == m.cpu_class(flags)
     maker = "" if vendor == m.AMD else f", {vendor}"
     assert m.machine(torch.device("cpu")) == f"cpu ({m.cpu_class(flags)}{maker}), torch {torch.__version__}"
+
+
+def test_lowering_compares_with_the_one_feature_network_each_studys_records_keep(tmp_path):
+    """benchmarks/lowering.py's reference: every record of a study names the same feature network,
+    and two studies made on different machines name different ones; records that disagree are refused."""
+    digests = [lowering.committed_digest(folder) for folder in lowering.RECORDS.values()]
+    assert all(len(d) == 64 for d in digests) and len(set(digests)) == 2
+    for name, digest in (("a.json", "0" * 64), ("b.json", "1" * 64)):
+        (tmp_path / name).write_text(json.dumps({"evaluation": {"features": {"feature_net.pt": digest}}}))
+    with pytest.raises(ValueError, match=f"{tmp_path}: the records name 2 feature networks"):
+        lowering.committed_digest(tmp_path)

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)   # dvc runs papermill from the venv
 
-.PHONY: setup test repro profile interim lab clean
+.PHONY: setup test repro pull report profile dvc interim lab clean
 
 setup: $(STAMP)
 
@@ -19,13 +19,31 @@ $(STAMP): pyproject.toml
 test: setup
 	$(BIN)/python -m pytest -q
 
-# `make repro` runs the active params.yaml; `make repro PROFILE=smoke` switches to a profile first.
+# `make repro` runs the active params.yaml (`make repro PROFILE=smoke` switches to a profile first),
+# then sets this machine's numbers beside the committed ones (the report; not an error if they differ).
 repro: setup $(if $(PROFILE),profile)
 	dvc repro
+	-$(BIN)/python -m getlib.report
 
+# The active profile's committed artifacts from the store (store/, the default DVC remote), with the
+# bytes of dvc.lock: nothing to re-make. A study's lock holds its upstream (data to pairs) only.
+pull: setup $(if $(PROFILE),profile)
+	dvc pull --allow-missing
+
+# This machine's results/<profile>/ against the committed ones, metric by metric, with tolerances.
+report: setup
+	$(BIN)/python -m getlib.report
+
+# A profile is params.yaml and, where its artifacts are in the store, dvc.lock.
 profile:
-	@test -f profiles/$(PROFILE).yaml || { echo "no profile '$(PROFILE)': choose one of $$(ls profiles | sed 's/.yaml//' | tr '\n' ' ')"; exit 1; }
+	@test -f profiles/$(PROFILE).yaml || { echo "no profile '$(PROFILE)': choose one of $$(ls profiles/*.yaml | xargs -n1 basename | sed 's/.yaml//' | tr '\n' ' ')"; exit 1; }
 	cp profiles/$(PROFILE).yaml params.yaml
+	if test -f profiles/$(PROFILE).lock; then cp profiles/$(PROFILE).lock dvc.lock; fi
+
+# Any DVC command from the project's environment, without activating it:
+# make dvc ARGS="exp run -S distill.lr=1e-3"
+dvc: setup
+	dvc $(ARGS)
 
 # A long study's finished runs, evaluated and tabulated while the rest still train (make interim PROFILE=claims)
 interim: setup

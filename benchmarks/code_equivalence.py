@@ -45,12 +45,8 @@ from getlib.records import EQUIVALENCES, ROWS_CODE, score_differences  # noqa: E
 
 
 def machine_name() -> str:
-    import platform
-
     import torch
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}: {machine(torch.device('cpu'))}"
+    return machine(torch.device("cpu"))   # (it names the CPU's model)
 
 IGNORED = [line.strip() for line in (ROOT / ".dvcignore").read_text().splitlines()
            if line.strip() and not line.startswith("#")]

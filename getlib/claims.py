@@ -19,7 +19,7 @@ import numpy as np
 
 from getlib.models import GET_models, ViT_models
 
-__all__ = ["VERDICT_RULE", "PLATEAU_RULE", "DECISIVE_SEEDS", "MATCH_MARGIN", "Arm", "arms", "arm_stats", "verdict",
+__all__ = ["VERDICT_RULE", "PLATEAU_RULE", "DECISIVE_SEEDS", "MATCH_MARGIN", "Arm", "arms", "arm_rows", "arm_stats", "verdict",
            "claims_rows", "verdicts_by_tokens", "token_counts", "plateau_rows", "arm_curves", "curves_by_tokens"]
 
 DECISIVE_SEEDS = 3
@@ -50,6 +50,18 @@ def arms(comparison: list[dict]) -> dict[Arm, list[dict]]:
         if r.get("kind") in ("GET", "ViT"):
             out.setdefault(Arm(*(r.get(k) for k in Arm._fields)), []).append(r)
     return out
+
+
+def arm_rows(comparison: list[dict], machine_of: dict[str, str]) -> list[dict]:
+    """One row per arm: its runs (training seeds), mean FID and the machines that made its runs
+    (`machine_of`: student -> the machine its record names), each with its number of runs."""
+    rows = []
+    for arm, runs in arms(comparison).items():
+        made = Counter(machine_of.get(r["source"], "unknown") for r in runs)
+        rows.append({"arm": _name(arm), "condition": arm.condition, "train_steps": arm.train_steps, "runs": len(runs),
+                     "training_seeds": ", ".join(str(r.get("train_seed")) for r in runs),
+                     "fid": arm_stats(runs)["fid"], "machines": "; ".join(f"{m}: {n}" for m, n in sorted(made.items()))})
+    return rows
 
 
 def arm_stats(runs: list[dict], one_range: bool = False) -> dict:

@@ -14,14 +14,15 @@ two AMD EPYC kinds: docs/results.md#reproducibility-across-machines):
 
 The Intel Xeon this project was lent, so lowered and MKL too (MKL_ENABLE_INSTRUCTIONS=AVX2 or
 MKL_CBWR=AVX2), did not make the AMD machines' results (benchmarks/lowering.py: another feature
-network): the libraries pick their code paths by the CPU's maker as well.
+network): the libraries pick their code paths by the CPU's maker as well. Lowering is therefore no
+requirement: a study's runs train on the pulled upstream wherever they run, and a run record keeps
+its machine as one more source of run-to-run variation (getlib.records).
 
-`machine` names one instruction set when all libraries agree ("cpu (AVX2), torch 2.14.1") and each
-library that differs from ATen's otherwise ("cpu (AVX2, oneDNN AVX512, numpy AVX512), ..."), so a
-half-lowered machine does not pass for either; and it names the CPU's maker unless it is AMD's
-("cpu (AVX2, GenuineIntel), ..."), so that an Intel machine does not pass for the AMD EPYC machines
-that made every committed record (whose names stay as they were). Classes are ATen's names: DEFAULT,
-AVX2, AVX512.
+`machine` names one instruction set when all libraries agree ("cpu (AVX2), AMD EPYC, torch 2.14.1")
+and each library that differs from ATen's otherwise ("cpu (AVX2, oneDNN AVX512, numpy AVX512), ..."),
+then the CPU's model as /proc/cpuinfo names it. Records made before the model was named (every
+record of the claims studies) hold "cpu (AVX2), torch ..." for the AMD EPYC machines. Classes are
+ATen's names: DEFAULT, AVX2, AVX512.
 """
 from __future__ import annotations
 
@@ -45,8 +46,6 @@ ONEDNN = {"sse41": "DEFAULT", "avx": "DEFAULT", "avx2": "AVX2", "avx2_vnni": "AV
 MKL = {"SSE4_2": "DEFAULT", "AVX": "DEFAULT", "AVX2": "AVX2", "AVX512": "AVX512", "AVX512_E1": "AVX512",
        "AVX512_E2": "AVX512", "AVX512_E3": "AVX512", "AVX512_E4": "AVX512", "AVX10": "AVX512"}
 MKL_CBWR = {**MKL, "COMPATIBLE": "DEFAULT", "SSE2": "DEFAULT", "SSSE3": "DEFAULT", "SSE4_1": "DEFAULT"}
-# the maker whose CPUs made every committed record: machine() leaves it unnamed, as those records do
-AMD = "AuthenticAMD"
 # OpenBLAS's core names (threadpoolctl's "architecture") of the x86 kernels this pool's CPUs get
 OPENBLAS = {"Haswell": "AVX2", "Zen": "AVX2", "SkylakeX": "AVX512", "Cooperlake": "AVX512",
             "SapphireRapids": "AVX512"}
@@ -58,15 +57,13 @@ def machine(device: torch.device) -> str:
         return f"cuda ({torch.cuda.get_device_name(device)}), torch {torch.__version__}"
     what = torch.backends.cpu.get_cpu_capability()
     what += "".join(f", {library} {isa}" for library, isa in kernel_sets().items() if isa not in (None, what))
-    vendor = _cpuinfo()[1]
-    if vendor not in (None, AMD):
-        what += f", {vendor}"
-    return f"{device.type} ({what}), torch {torch.__version__}"
+    model = _cpuinfo()[2]
+    return f"{device.type} ({what}), {f'{model}, ' if model else ''}torch {torch.__version__}"
 
 
 def kernel_sets() -> dict[str, str | None]:
     """The instruction-set class each library besides ATen runs in this process (None: not known)."""
-    flags, vendor = _cpuinfo()
+    flags, vendor, _ = _cpuinfo()
     import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS, which threadpoolctl then sees)
     import threadpoolctl
     try:
@@ -81,16 +78,16 @@ def kernel_sets() -> dict[str, str | None]:
 
 
 @lru_cache(maxsize=1)
-def _cpuinfo() -> tuple[frozenset[str] | None, str | None]:
-    """The x86 flags and vendor of /proc/cpuinfo; (None, None) where there is none (another OS or
+def _cpuinfo() -> tuple[frozenset[str] | None, str | None, str | None]:
+    """The x86 flags, vendor and model name of /proc/cpuinfo; None for each it lacks (another OS or
     architecture: ATen's name then stands alone)."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return None, None
+        return None, None, None
     field = lambda name: next((ln.split(":", 1)[1].strip() for ln in lines if ln.split(":")[0].strip() == name), None)  # noqa: E731
     flags = field("flags")
-    return (None if flags is None else frozenset(flags.split())), field("vendor_id")
+    return (None if flags is None else frozenset(flags.split())), field("vendor_id"), field("model name")
 
 
 def cpu_class(flags: frozenset[str] | set[str]) -> str:

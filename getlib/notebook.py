@@ -9,7 +9,8 @@ in a folder beside it (<stem>_files/), committed: each stage's story, readable i
 without running anything. The rendering leaves out what says where and when it ran: papermill's
 timings (notebook metadata) and the stderr streams (warnings and logs, which name local paths; they
 stay in the executed notebook). The notebooks show no timings of their own but the measured speeds
-of the evaluation (images/s), as its tables do.
+of the evaluation (images/s), as its tables do. Progress bars of long loops (training, pairs) go to
+this command's stderr, the terminal DVC shows, and never into the notebook (`getlib.progress`).
 
 Publishing. Every notebook's `parameters` cell holds `publish = False`, and this command alone
 executes it with `publish = True` (a bool: `-p publish ...` is refused, the command always
@@ -30,6 +31,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from getlib import progress
 from getlib.io import atomic_write, remove_owned
 
 __all__ = ["render_markdown", "set_publish", "publishing", "unpublished", "main"]
@@ -111,8 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     import papermill
 
     Path(args.executed).parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(args.notebook, args.executed, parameters={**parameters, "publish": True},
-                               progress_bar=False)
+    with progress.relay():   # the stage's progress bars, in this terminal (not in the notebook)
+        papermill.execute_notebook(args.notebook, args.executed, parameters={**parameters, "publish": True},
+                                   progress_bar=False)
     for path in render_markdown(args.executed, args.rendered):
         print(path)
 

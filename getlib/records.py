@@ -13,10 +13,13 @@ fixed_point, training) beside two identities that say what the rows are a functi
   the scoring code (getlib.evaluate's import closure), the sha256 of the two files that put the rows
   together (getlib/stages/evaluate.py, this file) and the machine.
 A record stands for its run only while both identities equal those the profile gives now; any
-difference (a setting, the pairs, the code, the machine) makes it stale, and `record_problems` says
+difference (a setting, the pairs, the features, the code) makes it stale, and `record_problems` says
 which. One exception: a code change that benchmarks/code_equivalence.py found to make the same bytes
 and rows is listed in results/code_equivalence.json, and a record made by the earlier code counts
-as made by the later. Training is deterministic for a given machine (and thread count), not across machines.
+as made by the later. The machine is kept but not compared: training is deterministic on one machine
+(and thread count), not across machines, so a run made elsewhere on the same pairs and features is
+one more draw of the run-to-run variation, like its training seed (`claims.arm_rows` lists an
+arm's machines).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from getlib.provenance import PACKAGE, code_fingerprint
 from getlib.runs import OUTPUT_NEUTRAL, jsonable, run_provenance, run_settings
 
 __all__ = ["TABLES", "EQUIVALENCES", "as_current_code", "run_identity", "evaluation_identity", "record_path", "write_record", "read_record",
-           "record_problems", "score_differences"]
+           "record_problems", "made_here", "score_differences"]
 
 TABLES = ("comparison", "iterations", "decoding", "fixed_point", "training")
 # Row fields measured with a clock on this machine: a record's scores are compared without them.
@@ -118,10 +121,16 @@ def record_problems(p: Params, key: str, record: dict, evaluation: dict | None =
         return [f"{e.filename} is not here: make the pair set (its stage) to check this record"]
     shaping = lambda settings: {k: v for k, v in settings.items() if k not in OUTPUT_NEUTRAL}  # noqa: E731
     problems = _differences(shaping(run.get("settings", {})), shaping(now["settings"]), "settings")
-    problems += _differences({k: v for k, v in run.items() if k != "settings"},
-                             {k: v for k, v in now.items() if k != "settings"}, "run")
-    problems += _differences(record["evaluation"], evaluation or evaluation_identity(p), "evaluation")
+    compared = lambda identity, skip: {k: v for k, v in identity.items() if k not in skip}  # noqa: E731
+    problems += _differences(compared(run, ("settings", "device")), compared(now, ("settings", "device")), "run")
+    problems += _differences(compared(record["evaluation"], ("device",)),
+                             compared(evaluation or evaluation_identity(p), ("device",)), "evaluation")
     return problems
+
+
+def made_here(record: dict) -> bool:
+    """Whether this machine made `record` (then evaluating its run again must give its rows)."""
+    return record["run"].get("device") == machine(device_of(record["run"]["settings"].get("device", "cpu")))
 
 
 def score_differences(recorded: dict[str, list[dict]], now: dict[str, list[dict]]) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from getlib import progress
 from getlib.edm import edm_loss
 from getlib.ema import ema_beta, update_ema
 from getlib.io import atomic_torch_save
@@ -38,6 +39,7 @@ def train_teacher(images: Tensor, labels: Tensor | None, cfg: TeacherConfig, out
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, step, seen, loss_avg = time.perf_counter(), 0, 0, float("nan")
+    bar = progress.bar(cfg.max_steps, "teacher", "step")
     while step < cfg.max_steps:
         if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
             break
@@ -53,9 +55,11 @@ def train_teacher(images: Tensor, labels: Tensor | None, cfg: TeacherConfig, out
         update_ema(ema, model, beta)
         step, seen = step + 1, seen + cfg.batch_size
         loss_avg = loss.item() if step == 1 else 0.98 * loss_avg + 0.02 * loss.item()
+        bar.update(1)
         if log and (step % 100 == 0 or step == cfg.max_steps):
             log(dict(step=step, loss=loss_avg, lr=opt.param_groups[0]["lr"], ema_beta=beta,
                      seconds=time.perf_counter() - start))
+    bar.close()
     summary = dict(steps=step, images_seen=seen, seconds=time.perf_counter() - start, final_loss=loss_avg)
     # the file is a pure function of the data and settings: no timings in it (they are returned)
     atomic_torch_save({"config": asdict(cfg), "img_channels": images.shape[1], "num_classes": num_classes,

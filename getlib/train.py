@@ -38,6 +38,7 @@ from getlib.devices import resolve_device
 from getlib.ema import ema_beta, update_ema
 from getlib.io import atomic_torch_save, atomic_write_json
 from getlib.models import GET, ViT_models, build_model, count_params, mix_seed, model_kwargs, student_blob
+from getlib import progress
 from getlib.pairs import PairDataset
 from getlib.runs import (TIMING, Logs, RunRecord, checkpoint_path, jsonable, load_checkpoint, resume_problems,
                          run_recipe, run_settings, seconds_trained)
@@ -277,10 +278,10 @@ def _check_divergence(value: float, recent: list[float], step: int, cfg: TrainCo
 
 
 def _progress(cfg: TrainConfig, rank: int, step: int):
-    if not cfg.progress or rank != 0:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=cfg.max_steps, initial=step, desc=cfg.model, unit="step", dynamic_ncols=True)
+    """Rank 0's bar: in the stage command's terminal (getlib.progress), or on stderr if cfg.progress;
+    None where nothing would show it."""
+    bar = progress.bar(cfg.max_steps, cfg.model, "step", initial=step, stderr=cfg.progress) if rank == 0 else None
+    return None if bar is None or bar.disable else bar
 
 
 # ------------------------------------------------------------------------------------------------

@@ -53,44 +53,41 @@ def test_numpy_and_openblas_classes():
 
 
 def test_a_machine_is_named_by_each_library_that_differs_from_aten(monkeypatch):
-    """An AVX-512 CPU with only ATen lowered makes neither machine's bytes: its records must not pass
-    for the AVX2 machine's. With every library lowered, or none, one name, as records always had."""
+    """An AVX-512 CPU with only ATen lowered makes neither machine's bytes: its records say so. With
+    every library lowered, or none, one instruction set; then the CPU's model."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    monkeypatch.setattr(m, "_cpuinfo", lambda: (AVX512, "AuthenticAMD"))
+    monkeypatch.setattr(m, "_cpuinfo", lambda: (AVX512, "AuthenticAMD", "AMD EPYC"))
     half = {"oneDNN": "AVX512", "MKL": None, "numpy": "AVX512", "OpenBLAS": "AVX2"}
     monkeypatch.setattr(m, "kernel_sets", lambda: half)
-    assert m.machine(torch.device("cpu")) == f"cpu (AVX2, oneDNN AVX512, numpy AVX512), torch {torch.__version__}"
+    assert m.machine(torch.device("cpu")) == f"cpu (AVX2, oneDNN AVX512, numpy AVX512), AMD EPYC, torch {torch.__version__}"
     monkeypatch.setattr(m, "kernel_sets", lambda: dict.fromkeys(half, "AVX2") | {"MKL": None})
-    assert m.machine(torch.device("cpu")) == f"cpu (AVX2), torch {torch.__version__}"
+    assert m.machine(torch.device("cpu")) == f"cpu (AVX2), AMD EPYC, torch {torch.__version__}"
 
 
-def test_a_cpu_not_amds_is_named_by_its_maker(monkeypatch):
-    """The Intel Xeon lent to this project, lowered to AVX2 in every library, made other bytes than
-    the AMD EPYC machines (benchmarks/results/lowering.md): its name must not be theirs. AMD's CPUs,
-    which made every committed record, keep the names those records hold."""
+def test_every_maker_is_named_alike(monkeypatch):
+    """No maker is special: an Intel Xeon and an AMD EPYC, both lowered to AVX2, are told apart by
+    their model names (they make other bytes: benchmarks/results/lowering.md)."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     lowered = {"oneDNN": "AVX2", "MKL": "AVX2", "numpy": "AVX2", "OpenBLAS": "AVX2"}
     monkeypatch.setattr(m, "kernel_sets", lambda: lowered)
-    monkeypatch.setattr(m, "_cpuinfo", lambda: (AVX512, "GenuineIntel"))
+    monkeypatch.setattr(m, "_cpuinfo", lambda: (AVX512, "GenuineIntel", "Intel(R) Xeon(R) Platinum 8481C"))
     intel = m.machine(torch.device("cpu"))
-    assert intel == f"cpu (AVX2, GenuineIntel), torch {torch.__version__}"
-    monkeypatch.setattr(m, "_cpuinfo", lambda: (AVX512, "AuthenticAMD"))
+    assert intel == f"cpu (AVX2), Intel(R) Xeon(R) Platinum 8481C, torch {torch.__version__}"
+    monkeypatch.setattr(m, "_cpuinfo", lambda: (AVX512, "AuthenticAMD", "AMD EPYC"))
     monkeypatch.setattr(m, "kernel_sets", lambda: lowered | {"MKL": None})
-    assert m.machine(torch.device("cpu")) == f"cpu (AVX2), torch {torch.__version__}" != intel
+    assert m.machine(torch.device("cpu")) == f"cpu (AVX2), AMD EPYC, torch {torch.__version__}" != intel
 
 
 @pytest.mark.skipif(m._cpuinfo()[0] is None, reason="no x86 /proc/cpuinfo here")
 def test_this_machine_unlowered_is_named_as_aten_names_it():
-    """(The tests run without the lowering variables: every library then takes the CPU's own class,
-    so the name is the one the committed records hold.)"""
+    """(The tests run without the lowering variables: every library then takes the CPU's own class.)"""
     lowering = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
                 "MKL_CBWR", "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")
     if any(v in os.environ for v in lowering):
         pytest.skip("a lowering variable is set")
-    flags, vendor = m._cpuinfo()
+    flags, _, model = m._cpuinfo()
     assert torch.backends.cpu.get_cpu_capability() == m.cpu_class(flags)
-    maker = "" if vendor == m.AMD else f", {vendor}"
-    assert m.machine(torch.device("cpu")) == f"cpu ({m.cpu_class(flags)}{maker}), torch {torch.__version__}"
+    assert m.machine(torch.device("cpu")) == f"cpu ({m.cpu_class(flags)}), {model}, torch {torch.__version__}"
 
 
 def test_lowering_compares_with_the_one_feature_network_each_studys_records_keep(tmp_path):

@@ -54,7 +54,7 @@ def smoke(tmp_path_factory):
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for name in filter(None, files):
-        if (ROOT / name).is_file() and not name.startswith("results/"):
+        if (ROOT / name).is_file() and not name.startswith(("results/", "store/")):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     shutil.copy(repo / "profiles" / "smoke.yaml", repo / "params.yaml")
@@ -66,7 +66,7 @@ def smoke(tmp_path_factory):
 
 def test_smoke_repro_runs_every_stage_and_writes_every_result(smoke):
     repo, out = smoke
-    assert ran(out) == {"data", "features", "teacher@uncond", "teacher@cond", "pairs@uncond", "pairs@cond",
+    assert ran(out) == {"check", "data", "features", "teacher@uncond", "teacher@cond", "pairs@uncond", "pairs@cond",
                         "distill@get-p", "distill@vit-p", "distill@get-p-cond", "evaluate", "figures"}
     rendered = sorted((repo / "results/smoke/notebooks").glob("*.md"))
     for nb in (repo / "notebooks").glob("*.ipynb"):   # every notebook ran under papermill and was rendered
@@ -77,6 +77,9 @@ def test_smoke_repro_runs_every_stage_and_writes_every_result(smoke):
         pictures = re.findall(r"!\[png\]\(([^)]+)\)", text)
         assert pictures and all((md.parent / name).stat().st_size > 100 for name in pictures), md.name
         assert str(repo) not in text and "'seconds':" not in text, md.name   # no local paths, no timings
+        assert "100%|" not in text, md.name   # no progress bars
+    for bar in ("teacher", "pairs@uncond", "GET-P/2", "ViT-P/2", "evaluate"):   # progress, in the terminal
+        assert re.search(rf"^{re.escape(bar)}: 100%\|.*\| (\d+)/\1 \[", out.stdout + out.stderr, re.M), bar
     results = repo / "results" / "smoke"
     rows = json.loads((results / "evaluation" / "comparison.json").read_text())
     assert [r["source"] for r in rows] == ["real (held-out)", "teacher (uncond)", "get-p", "vit-p",
@@ -175,21 +178,31 @@ def test_a_stage_that_keeps_its_artifacts_renders_the_notebook_a_fresh_run_rende
     assert ran(run("dvc repro", repo)) == set()   # nothing downstream changed
 
 
-def test_a_broken_param_fails_naming_the_key_and_keeps_the_cache(smoke):
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw["students"]["get-p"].__setitem__("model", "GET-Z/2"), "students.get-p.model: unknown model 'GET-Z/2'"),
+    (lambda raw: raw["distill"].__setitem__("lrr", 1), "unknown key(s) ['lrr']"),
+])
+def test_a_bad_param_is_refused_in_one_line_before_any_stage_runs(smoke, edit, message):
+    """The check stage runs first: a bad key or value stops `dvc repro` there, with one line naming
+    it; no stage ran, so no output was removed (`git status` shows only the edit) and the cache is
+    whole. Put right, the check runs again and no stage after it (its token is the same bytes)."""
     repo, _ = smoke
-    params = (repo / "params.yaml").read_text()
+    status = lambda: set(run("git status --porcelain", repo).stdout.splitlines())  # noqa: E731
+    before, params = status(), (repo / "params.yaml").read_text()
     raw = yaml.safe_load(params)
-    raw["students"]["get-p"]["model"] = "GET-Z/2"
+    edit(raw)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw))
     try:
         out = run("dvc repro", repo, check=False)
-        assert out.returncode != 0
-        assert "students.get-p.model: unknown model 'GET-Z/2'" in out.stdout + out.stderr
-        assert ran(out) == {"distill@get-p"}     # the first stage that reads it
+        assert out.returncode != 0 and ran(out) == {"check"}
+        refusal = [line for line in out.stderr.splitlines() if line.startswith("params.yaml: ")]
+        assert len(refusal) == 1 and message in refusal[0]
+        assert status() == before | {" M params.yaml"}
         for kept in ["pairs/uncond/manifest.json", "teacher/uncond/teacher.pt", "students/get-p/student.pt"]:
             assert (repo / "work/smoke" / kept).is_file(), kept
     finally:
         (repo / "params.yaml").write_text(params)
+    assert ran(run("dvc repro", repo)) == {"check"}
 
 
 def test_an_output_neutral_edit_of_the_teachers_code_reruns_the_teacher_alone(smoke):
@@ -220,7 +233,7 @@ def test_an_output_neutral_edit_of_the_teachers_code_reruns_the_teacher_alone(sm
 def test_an_ablation_reruns_only_the_stages_downstream_of_it(smoke):
     repo, _ = smoke
     out = run("dvc exp run -S '+students.get-p.train.lr=0.001'", repo)
-    assert ran(out) == {"distill@get-p", "evaluate", "figures"}
+    assert ran(out) == {"check", "distill@get-p", "evaluate", "figures"}
     assert json.loads((repo / "results/smoke/train/get-p.json").read_text())["recipe"]["kind"] == "DEQ"
     assert yaml.safe_load((repo / "params.yaml").read_text())["students"]["get-p"]["train"]["lr"] == 0.001
 

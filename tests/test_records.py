@@ -62,3 +62,32 @@ def test_a_record_of_code_shown_equivalent_counts_as_made_by_the_code_now(tmp_pa
     assert record["run"]["code"] == "t0"   # the record itself is left as it is
     monkeypatch.setattr(records, "EQUIVALENCES", tmp_path / "none.json")
     assert records.as_current_code(record) == record
+
+
+def test_a_record_from_another_machine_on_the_same_upstream_counts_and_is_named_in_its_arm(tmp_path, monkeypatch):
+    """The machine is run-to-run variation, not identity: a record made on another kind of CPU with
+    this profile's pair set and feature network stands for its run, and its arm's row lists both
+    machines; the same record with another pair set does not stand."""
+    import getlib.records as records
+    from getlib.claims import arm_rows
+    shutil.copy(ROOT / "profiles" / "smoke.yaml", tmp_path / "params.yaml")
+    p = load_params(tmp_path / "params.yaml", root=tmp_path)
+    here, there = "cpu (AVX512), AMD EPYC, torch 2.14.1", "cpu (AVX2), Intel(R) Xeon(R), torch 2.14.1"
+    run = {"settings": {"lr": 2e-3}, "pairs_manifest_sha256": "ab12", "code": "t0"}
+    evaluation = {"features": {"feature_net.pt": "cd34"}, "code": "e0", "rows_code": {}}
+    monkeypatch.setattr(records, "run_identity", lambda p, key: {**run, "device": here})
+    monkeypatch.setattr(records, "evaluation_identity", lambda p: {**evaluation, "device": here})
+    made_there = {"student": "get-p", "run": {**run, "device": there}, "evaluation": {**evaluation, "device": there},
+                  "rows": _rows()}
+    assert record_problems(p, "get-p", made_there) == []
+    other_pairs = {**made_there, "run": {**made_there["run"], "pairs_manifest_sha256": "ef56"}}
+    assert record_problems(p, "get-p", other_pairs) == ["run.pairs_manifest_sha256: recorded 'ef56', now 'ab12'"]
+    other_features = {**made_there, "evaluation": {**evaluation, "features": {"feature_net.pt": "0000"}, "device": there}}
+    assert [x.split(":")[0] for x in record_problems(p, "get-p", other_features)] == ["evaluation.features"]
+
+    row = dict(condition="uncond", model="GET-P/2", recipe="truncated", lr=2e-3, num_pairs=None, shuffle_targets=False,
+               batch_size=64, train_steps=4400, kind="GET")
+    comparison = [{**row, "source": f"get-s{seed}", "train_seed": seed, "fid": 20.0 + seed} for seed in range(3)]
+    (arm,) = arm_rows(comparison, {"get-s0": here, "get-s1": there, "get-s2": here})
+    assert arm["runs"] == 3 and arm["training_seeds"] == "0, 1, 2" and arm["fid"] == 21.0
+    assert arm["machines"] == f"{there}: 1; {here}: 2"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from getlib import progress
 from getlib.checkpoints import load_teacher_of
 from getlib.config import Params, device_of
 from getlib.evaluate import compare, decoding_rule, deq_analysis, sample_student, training_cost
@@ -45,6 +46,8 @@ def evaluate(p: Params, recorded: dict[str, dict] | None = None, expected: dict[
     fresh = {}   # the rows of the students evaluated here: their records are written once all agree
     folder = p.work("evaluate")
     folder.mkdir(parents=True, exist_ok=True)
+    scored = [key for key in p.students if key not in recorded]   # (each a bar step, as each teacher)
+    bar = progress.bar(len(p.conditions) + len(scored), "evaluate", "source")
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         tmp = Path(tmp)
         for i, condition in enumerate(p.conditions):
@@ -58,6 +61,7 @@ def evaluate(p: Params, recorded: dict[str, dict] | None = None, expected: dict[
                 r.update(condition="-" if real else condition, kind="real" if real else "teacher")
                 r["source"] = r["source"] if real else f"teacher ({condition})"
             tables["comparison"] += part
+            bar.update(1)
             for key, student in p.students.items():
                 if student.condition != condition:
                     continue
@@ -69,8 +73,10 @@ def evaluate(p: Params, recorded: dict[str, dict] | None = None, expected: dict[
                         raise ValueError(f"{key}: its run, evaluated again, does not reproduce "
                                          f"{record_path(p, key)}: " + "; ".join(differences[:5]))
                     fresh[key] = rows
+                    bar.update(1)
                 for name in TABLES:
                     tables[name] += rows.get(name, [])
+    bar.close()
     if not publishing():
         return tables
     note = (f"FID/KID in the {space.name} feature space, {e.num_samples} images per source against {len(reference)} "

@@ -15,7 +15,7 @@ from getlib.config import Params, device_of
 from getlib.data import Dataset
 from getlib.edm import edm_sampler, latents_for_seeds, sample_teacher, seeds_by_class
 from getlib.evaluate import sample_student
-from getlib.claims import (PLATEAU_RULE, VERDICT_RULE, arm_curves, claims_rows, curves_by_tokens, plateau_rows,
+from getlib.claims import (PLATEAU_RULE, VERDICT_RULE, arm_curves, arm_rows, claims_rows, curves_by_tokens, plateau_rows,
                            token_counts, verdicts_by_tokens)
 from getlib.figures import (band_panels, band_plot, bar_panels, benchmark_rows, fixed_point_plot, get_vs_vit_rows, image_rows,
                             iterations_plot, line_plot, one_step_rows, sample_panels, scatter_plot, slerp)
@@ -24,6 +24,7 @@ from getlib.models import GET, load_student
 from getlib.notebook import publishing
 from getlib.pairs import read_manifest
 from getlib.paper import REPORTED
+from getlib.records import read_record
 from getlib.stages.data import load_data
 
 
@@ -63,10 +64,16 @@ def tables(p: Params, comparison: list[dict], tokens: dict[str, int], out: Path)
                   "ours (latents regenerated from seeds) against the authors' released format.")
     evaluation = {name: read_json(path) if (path := p.results("evaluation", f"{name}.json")).is_file() else []
                   for name in ("training", "iterations", "fixed_point", "decoding")}   # (written when rows exist)
+    records = [read_record(p, key) for key in p.students]
+    write_results(arm_rows(comparison, {r["student"]: r["run"]["device"] for r in records if r}), folder, "arms",
+                  "Arms: the runs that differ only in their training seed, and the machines that made them",
+                  "A run's machine is one more source of run-to-run variation, like its training seed: the runs "
+                  "of an arm may come from several (their records, runs/*.json). FID: the mean over the arm's runs. "
+                  + note)
     claims = claims_rows(comparison, evaluation["training"], evaluation["iterations"], evaluation["fixed_point"],
                          evaluation["decoding"], tokens)
     write_results(claims, folder, "claims", "The paper's claims against this profile's runs", VERDICT_RULE + " " + note)
-    names = ["one_step", "get_vs_vit", "benchmarks", "claims"]
+    names = ["one_step", "get_vs_vit", "benchmarks", "arms", "claims"]
     if by_tokens := verdicts_by_tokens(claims, comparison):
         write_results(by_tokens, folder, "claims_by_tokens", "Does a claim's verdict change with the token count?",
                       "Each claim's verdict and difference (d, 2 se) at each token count, from tables/claims.md "

@@ -8,9 +8,10 @@ its evidence as it grows with this instead. It evaluates the students whose run 
 (student.pt written) and has no current record, writing each one's record
 (results/<profile>/runs/<student>.json, `getlib.records`), and takes the other students' rows from
 their records while those still stand for the run the profile describes (same settings, pairs,
-training and scoring code, machine): a session need not keep the weights of earlier sessions' runs,
-and a study's evaluation grows run by run. With --recheck, the finished runs here that have a current
-record are evaluated again and must reproduce it, or this stops and says where they differ. It writes the
+features, training and scoring code; any machine): a session need not keep the weights of earlier
+sessions' runs, and a study's evaluation grows run by run, on whatever machines its sessions get.
+With --recheck, the finished runs here whose current record this machine made are evaluated again
+and must reproduce it, or this stops and says where they differ. It writes the
 same files the two stages write under results/<profile>/, and results/<profile>/interim.json lists
 the runs evaluated here, those taken from records, the stale records (and why) and the pending runs.
 A later `dvc repro` of the whole profile overwrites them with the complete results.
@@ -22,7 +23,7 @@ import dataclasses
 
 from getlib.config import Params, load_params, project_root
 from getlib.io import atomic_write_json, read_json
-from getlib.records import evaluation_identity, read_record, record_problems
+from getlib.records import evaluation_identity, made_here, read_record, record_problems
 from getlib.stages.distill import run_is_finished
 from getlib.stages.evaluate import evaluate
 from getlib.stages.figures import make_figures
@@ -46,7 +47,7 @@ def interim(p: Params, recheck: bool = False) -> dict:
         if problems:
             if key not in done:   # (a finished run here is evaluated again, its record replaced)
                 stale[key] = problems
-        elif key in done and recheck:
+        elif key in done and recheck and made_here(record):   # (elsewhere, other kernels: other bytes)
             before[key] = record
         else:
             recorded[key] = record

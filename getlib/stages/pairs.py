@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from getlib import progress
 from getlib.checkpoints import load_teacher_of
 from getlib.config import Params, device_of
 from getlib.io import atomic_write_json
@@ -20,7 +21,7 @@ def pair_spec(p: Params, condition: str) -> PairSpec:
                     shard_size=p.pairs.shard_size, image_dtype=p.pairs.image_dtype, batch_size=p.pairs.batch_size)
 
 
-def make_pairs(p: Params, condition: str, progress=None) -> dict:
+def make_pairs(p: Params, condition: str) -> dict:
     """Generate (or finish) the pair set of `condition`.
 
     DVC keeps this folder between runs (persist) so that an interrupted generation resumes. It is
@@ -29,7 +30,8 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
     also says so on stderr; a finished set is also in DVC's cache). With `reuse`, that profile's set
     is copied in and kept when the same check finds nothing, first on the source (read only, without
     reading its shards), then on the copy. With pairs.nproc > 1 it runs under torchrun. The summary's
-    seconds and pairs/s are None when the set was already complete (nothing generated, nothing timed)."""
+    seconds and pairs/s are None when the set was already complete (nothing generated, nothing timed).
+    Progress, shard by shard, goes to the stage command's terminal (getlib.progress)."""
     root = p.work("pairs", condition)
     spec = pair_spec(p, condition)
     denoise, ident = load_teacher_of(p, condition)
@@ -52,7 +54,10 @@ def make_pairs(p: Params, condition: str, progress=None) -> dict:
         manifest = read_manifest(root)
     else:
         device = device_of(p.pairs.device)
-        manifest = generate_pairs(denoise.to(device), root, spec, ident, p.sampler, device, progress=progress)
+        bar = progress.bar(spec.num_pairs, f"pairs@{condition}", "pair")
+        manifest = generate_pairs(denoise.to(device), root, spec, ident, p.sampler, device,
+                                  progress=lambda done, _: bar.update(min(done * spec.shard_size, spec.num_pairs) - bar.n))
+        bar.close()
     seconds = None if kept else time.perf_counter() - start   # (a kept set's generation was not timed here)
     summary = {"condition": condition, "num_pairs": manifest["num_pairs"], "shards": len(manifest["shards"]),
                "bytes_per_pair": manifest["bytes_per_pair"],

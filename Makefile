@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
-export PATH := $(abspath $(BIN)):$(PATH)   # dvc runs papermill from the venv
+# dvc runs papermill from the venv
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup test repro pull report profile dvc interim lab clean
 
@@ -25,20 +26,21 @@ repro: setup $(if $(PROFILE),profile)
 	dvc repro
 	-$(BIN)/python -m getlib.report
 
-# The active profile's committed artifacts from the store (store/, the default DVC remote), with the
-# bytes of dvc.lock: nothing to re-make. A study's lock holds its upstream (data to pairs) only.
+# The active profile's committed artifacts from the store (store/, the repository's DVC remote), with
+# the bytes of dvc.lock: the stages it records (a study's lock records its upstream, check to pairs).
 pull: setup $(if $(PROFILE),profile)
-	dvc pull --allow-missing
+	dvc pull -r store $$($(BIN)/python -c "import yaml; print(' '.join(yaml.safe_load(open('dvc.lock'))['stages']))")
 
 # This machine's results/<profile>/ against the committed ones, metric by metric, with tolerances.
 report: setup
-	$(BIN)/python -m getlib.report
+	$(BIN)/python -m getlib.report $(if $(PROFILE),--profile $(PROFILE))
 
-# A profile is params.yaml and, where its artifacts are in the store, dvc.lock.
+# A profile is params.yaml and, where its artifacts are in the store, its lock (profiles/<name>.lock),
+# copied when switching to it (staying on it keeps the runs dvc.lock has recorded since).
 profile:
 	@test -f profiles/$(PROFILE).yaml || { echo "no profile '$(PROFILE)': choose one of $$(ls profiles/*.yaml | xargs -n1 basename | sed 's/.yaml//' | tr '\n' ' ')"; exit 1; }
-	cp profiles/$(PROFILE).yaml params.yaml
-	if test -f profiles/$(PROFILE).lock; then cp profiles/$(PROFILE).lock dvc.lock; fi
+	cmp -s profiles/$(PROFILE).yaml params.yaml || { cp profiles/$(PROFILE).yaml params.yaml; \
+	  if test -f profiles/$(PROFILE).lock; then cp profiles/$(PROFILE).lock dvc.lock; fi; }
 
 # Any DVC command from the project's environment, without activating it:
 # make dvc ARGS="exp run -S distill.lr=1e-3"

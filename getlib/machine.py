@@ -21,8 +21,8 @@ its machine as one more source of run-to-run variation (getlib.records).
 `machine` names one instruction set when all libraries agree ("cpu (AVX2), AMD EPYC, torch 2.14.1")
 and each library that differs from ATen's otherwise ("cpu (AVX2, oneDNN AVX512, numpy AVX512), ..."),
 then the CPU's model as /proc/cpuinfo names it. Records made before the model was named (every
-record of the claims studies) hold "cpu (AVX2), torch ..." for the AMD EPYC machines. Classes are
-ATen's names: DEFAULT, AVX2, AVX512.
+record of the two claims studies) hold "cpu (AVX512), torch ..." or "cpu (AVX2), torch ...": AMD
+EPYC machines, all of them. Classes are ATen's names: DEFAULT, AVX2, AVX512.
 """
 from __future__ import annotations
 

@@ -11,8 +11,10 @@ and nowhere otherwise (a notebook run by hand, a test, the library).
 """
 from __future__ import annotations
 
+import codecs
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -26,6 +28,7 @@ from tqdm.std import tqdm
 __all__ = ["ENV", "bar", "relay"]
 
 ENV = "GETLIB_PROGRESS"
+COLUMNS = "GETLIB_PROGRESS_COLUMNS"   # the width of the command's terminal (the kernel has none)
 
 
 @lru_cache(maxsize=None)
@@ -39,7 +42,7 @@ def bar(total: int, desc: str, unit: str, initial: int = 0, stderr: bool = False
     path = os.environ.get(ENV)
     file = _channel(path) if path else sys.stderr if stderr else None
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=file, disable=file is None,
-                mininterval=0.5, ncols=100 if path else None, dynamic_ncols=not path)
+                mininterval=0.5, ncols=int(os.environ.get(COLUMNS, 100)) if path else None, dynamic_ncols=not path)
 
 
 @contextmanager
@@ -50,29 +53,33 @@ def relay(out: IO[str] | None = None, interval: float = 30.0, poll: float = 0.2)
     folder = tempfile.mkdtemp(prefix="getlib-progress-")
     path = os.path.join(folder, "progress")
     open(path, "w").close()
-    before, done = os.environ.get(ENV), threading.Event()
-    os.environ[ENV] = path
-    copier = threading.Thread(target=_copy, args=(path, out, out.isatty(), interval, poll, done), daemon=True)
+    terminal = out.isatty()
+    given = {ENV: path, **({COLUMNS: str(shutil.get_terminal_size().columns)} if terminal else {})}
+    before, done = {name: os.environ.get(name) for name in (ENV, COLUMNS)}, threading.Event()
+    os.environ.update(given)
+    copier = threading.Thread(target=_copy, args=(path, out, terminal, interval, poll, done), daemon=True)
     copier.start()
     try:
         yield path
     finally:
         done.set()
         copier.join()
-        if before is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         os.remove(path)
         os.rmdir(folder)
 
 
 def _copy(path: str, out: IO[str], terminal: bool, interval: float, poll: float, done: threading.Event) -> None:
     latest, shown_at = "", time.monotonic()
-    with open(path, errors="replace", newline="") as f:   # (keep tqdm's \r)
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode   # (a read may end mid-character)
+    with open(path, "rb") as f:   # (bytes: tqdm's \r kept as it is)
         while True:
             finished = done.is_set()   # read once more after the block ended, then stop
-            text = f.read()
+            text = decode(f.read(), final=finished)
             if text and terminal:
                 out.write(text)
                 out.flush()

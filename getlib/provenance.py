@@ -22,9 +22,10 @@ __all__ = ["import_closure", "imported_modules", "module_file", "code_fingerprin
 
 PACKAGE = Path(__file__).resolve().parent
 RECORD = ".provenance.json"
-# Modules a fingerprint leaves out: the package's __init__ (its version string) and the settings
-# dataclasses, whose values every record keeps (a pair set's manifest, a run's settings) and compares.
-NOT_CODE = {"getlib", "getlib.settings"}
+# Modules a fingerprint leaves out: the package's __init__ (its version string), the settings
+# dataclasses, whose values every record keeps (a pair set's manifest, a run's settings) and compares,
+# and the progress bars, which write only to a terminal.
+NOT_CODE = {"getlib", "getlib.settings", "getlib.progress"}
 
 
 def module_file(module: str) -> Path:

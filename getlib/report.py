@@ -8,14 +8,16 @@ After `dvc repro`, the working tree's results/<profile>/ holds what this machine
 prints a Markdown table, one line per number: this machine's, the committed one, the tolerance the
 comparison used and the verdict (`identical`: equal to the last bit, so the machine reproduced the
 bytes; `within`; `OUTSIDE`; `new`: only here; `missing`: committed but not here, e.g. the stage has
-not run). The numbers are the computed ones only: each source's FID, the feature network's held-out
+not run; `not re-made`: its file is the committed one byte for byte, clock fields included, so this
+machine did not make it: pulled, or its stage did not run). The numbers are the computed ones only: each source's FID, the feature network's held-out
 accuracy, each teacher's final training loss. Clock-measured fields (seconds, images per second,
 memory) depend on the machine's load, not on the computation, and are left out. A generated
 source's FID moves with the evaluation's sampling seeds, so it passes within 2 sd of the committed
 seed ranges; a number without such a spread passes within a fixed margin (RULES lists them all).
 
 Exit status: 0 when no number lies OUTSIDE its tolerance, 1 when one does, 2 when there is nothing
-to compare (no such profile at the revision, no such revision) or a file cannot be read.
+to compare (no such profile at the revision, no such revision, no number re-made here) or a file
+cannot be read.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import math
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,6 +64,7 @@ class Number:
     value: float
     spread: float       # the committed seed ranges' sample std (0: none)
     rule: str           # a key of RULES
+    file: str = ""      # the results/<profile>/ file it was read from
 
 
 def _number(record: Any, key: str, where: str) -> float:
@@ -118,11 +121,11 @@ def _numbers(files: dict[str, bytes | str], side: str) -> dict[str, Number]:
                 record = json.loads(files[name])
             except ValueError as e:   # invalid JSON or UTF-8
                 raise ReportError(f"{where} is not valid JSON: {e}") from e
-            numbers.update(extract(record, name, where))
+            numbers.update({label: replace(n, file=name) for label, n in extract(record, name, where).items()})
     return numbers
 
 
-def _row(label: str, here: Number | None, committed: Number | None) -> dict:
+def _row(label: str, here: Number | None, committed: Number | None, unchanged: set[str] = frozenset()) -> dict:
     row = {"metric": label, "here": None if here is None else here.value,
            "committed": None if committed is None else committed.value}
     if committed is None:
@@ -131,6 +134,8 @@ def _row(label: str, here: Number | None, committed: Number | None) -> dict:
     margin = rule.margin(committed.value, committed.spread)
     if here is None:
         verdict = "missing"
+    elif here.file in unchanged:
+        verdict = "not re-made"
     elif here.value.hex() == committed.value.hex():
         verdict = "identical"
     else:   # NaN on either side fails the comparison: OUTSIDE
@@ -142,7 +147,9 @@ def compare(committed: dict[str, bytes | str], here: dict[str, bytes | str]) -> 
     """The report's rows, one per number, from two sets of results/<profile>/ files (path inside it ->
     contents): the committed numbers in order, then those found only here. Other files are ignored."""
     old, new = _numbers(committed, "committed"), _numbers(here, "this machine")
-    return ([_row(label, new.get(label), number) for label, number in old.items()]
+    as_bytes = lambda text: text.encode() if isinstance(text, str) else text  # noqa: E731
+    unchanged = {name for name in committed if name in here and as_bytes(here[name]) == as_bytes(committed[name])}
+    return ([_row(label, new.get(label), number, unchanged) for label, number in old.items()]
             + [_row(label, number, None) for label, number in new.items() if label not in old])
 
 
@@ -157,7 +164,8 @@ def summary(rows: list[dict]) -> str:
     passed = len(compared) - len(of("OUTSIDE"))
     text = (f"{passed} of {len(compared)} numbers within tolerance ({len(of('identical'))} identical to the last digit); "
             f"OUTSIDE: {', '.join(of('OUTSIDE')) or 'none'}")
-    return text + "".join(f"; {verdict}: {', '.join(of(verdict))}" for verdict in ("missing", "new") if of(verdict))
+    return text + "".join(f"; {verdict}: {', '.join(of(verdict))}" for verdict in ("missing", "new", "not re-made")
+                          if of(verdict))
 
 
 def render(rows: list[dict], heading: str) -> str:
@@ -232,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report, end="")
     if args.markdown:
         atomic_write(args.markdown, lambda f: f.write(report.encode()))
+    if not any(r["verdict"] in ("identical", "within", "OUTSIDE") for r in rows):
+        print(f"getlib.report: no number of results/{profile}/ was re-made here (run `make repro` first)", file=sys.stderr)
+        return 2
     return 1 if any(r["verdict"] == "OUTSIDE" for r in rows) else 0
 
 

@@ -96,6 +96,7 @@ def test_no_stage_after_distill_depends_on_a_timing_file():
     deps = {name: (s.get("do") or s)["deps"] for name, s in stages.items()}
     assert not [(name, d) for name, ds in deps.items() for d in ds if "timing" in d]
     assert {d for d in deps["figures"] if d.startswith("results/")} == {"results/${profile}/evaluation",
+                                                                       "results/${profile}/runs",
                                                                        "results/${profile}/train"}
     distill = stages["distill"]["do"]
     metrics = [next(iter(m)) for m in distill["metrics"]]

@@ -91,3 +91,14 @@ def test_a_record_from_another_machine_on_the_same_upstream_counts_and_is_named_
     (arm,) = arm_rows(comparison, {"get-s0": here, "get-s1": there, "get-s2": here})
     assert arm["runs"] == 3 and arm["training_seeds"] == "0, 1, 2" and arm["fid"] == 21.0
     assert arm["machines"] == f"{there}: 1; {here}: 2"
+
+
+def test_a_record_is_made_here_only_under_this_machines_own_name(monkeypatch):
+    """Only such a record is evaluated again to be reproduced (`interim --recheck`): a record from
+    another machine, or one named before names held the CPU's model, is kept as it is."""
+    import getlib.records as records
+    monkeypatch.setattr(records, "machine", lambda device: "cpu (AVX2), AMD EPYC, torch 2.14.1")
+    record = lambda device: {"run": {"settings": {"device": "auto"}, "device": device}}  # noqa: E731
+    assert records.made_here(record("cpu (AVX2), AMD EPYC, torch 2.14.1"))
+    assert not records.made_here(record("cpu (AVX2), torch 2.14.1"))
+    assert not records.made_here(record("cpu (AVX2), Intel(R) Xeon(R), torch 2.14.1"))

@@ -3,6 +3,7 @@ artifacts with the bytes of dvc.lock and has nothing to re-make, and every study
 upstream that is in the store and is the one its committed records were trained and scored on."""
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 
@@ -93,3 +94,9 @@ def test_a_fresh_copy_pulls_the_default_and_has_nothing_to_run(tmp_path):
     assert "up to date" in run("dvc status", repo).stdout
     assert ran(run("dvc repro", repo)) == set()
     assert run("git status --porcelain", repo).stdout == ""
+
+
+def test_the_readme_states_the_stores_size():
+    size = sum(f.stat().st_size for f in (ROOT / "store").rglob("*") if f.is_file()) / 1e6
+    stated = int(re.search(r"a DVC remote inside the repository \((\d+) MB", (ROOT / "README.md").read_text()).group(1))
+    assert abs(stated - size) < 1, f"README says {stated} MB, the store holds {size:.1f} MB"

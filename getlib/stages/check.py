@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         load_params(params, root=project_root())
-    except (ValueError, FileNotFoundError, TypeError) as e:   # (ParamsError is a ValueError)
-        print(f"{params}: {e}", file=sys.stderr)
+    except Exception as e:   # one line, whatever the check found (a ParamsError names the key)
+        print(f"{params}: {e}" if isinstance(e, ValueError) else f"{params}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     atomic_write(token, lambda f: f.write(TOKEN))
     return 0

@@ -10,8 +10,9 @@ its evidence as it grows with this instead. It evaluates the students whose run 
 their records while those still stand for the run the profile describes (same settings, pairs,
 features, training and scoring code; any machine): a session need not keep the weights of earlier
 sessions' runs, and a study's evaluation grows run by run, on whatever machines its sessions get.
-With --recheck, the finished runs here whose current record this machine made are evaluated again
-and must reproduce it, or this stops and says where they differ. It writes the
+With --recheck, the finished runs here whose current record this machine made (the same machine
+name, `records.made_here`) are evaluated again and must reproduce it, or this stops and says where
+they differ; the others are listed in interim.json as not_rechecked. It writes the
 same files the two stages write under results/<profile>/, and results/<profile>/interim.json lists
 the runs evaluated here, those taken from records, the stale records (and why) and the pending runs.
 A later `dvc repro` of the whole profile overwrites them with the complete results.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 from getlib.config import Params, load_params, project_root
 from getlib.io import atomic_write_json, read_json
@@ -38,6 +40,7 @@ def finished_students(p: Params) -> list[str]:
 def interim(p: Params, recheck: bool = False) -> dict:
     done = finished_students(p)
     recorded, stale, before = {}, {}, {}   # before: the current records of runs evaluated here again
+    elsewhere = []   # with recheck: finished here, but its record made on another machine (kept, not rechecked)
     identity = evaluation_identity(p)
     for key in p.students:
         record = read_record(p, key)
@@ -47,9 +50,11 @@ def interim(p: Params, recheck: bool = False) -> dict:
         if problems:
             if key not in done:   # (a finished run here is evaluated again, its record replaced)
                 stale[key] = problems
-        elif key in done and recheck and made_here(record):   # (elsewhere, other kernels: other bytes)
+        elif key in done and recheck and made_here(record):
             before[key] = record
         else:
+            if key in done and recheck:   # (another machine's kernels make other bytes: nothing to compare)
+                elsewhere.append(key)
             recorded[key] = record
     keys = [k for k in p.students if k in done or k in recorded]
     if not keys:
@@ -59,7 +64,10 @@ def interim(p: Params, recheck: bool = False) -> dict:
     sub = dataclasses.replace(p, students={k: p.students[k] for k in keys}, conditions=conditions)
     evaluate(sub, recorded, expected=before)
     make_figures(sub)
+    if elsewhere:
+        print(f"not rechecked, their records made on another machine: {', '.join(elsewhere)}", file=sys.stderr)
     summary = {"evaluated": [k for k in done if k not in recorded], "recorded": list(recorded), "stale": stale,
+               **({"not_rechecked": elsewhere} if recheck else {}),
                "pending": [k for k in p.students if k not in keys], "compute": study_compute(sub)}
     atomic_write_json(p.results("interim.json"), summary)
     return summary

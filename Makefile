@@ -30,6 +30,7 @@ repro: setup $(if $(PROFILE),profile)
 # the bytes of dvc.lock: the stages it records (a study's lock records its upstream, check to pairs).
 pull: setup $(if $(PROFILE),profile)
 	dvc pull -r store $$($(BIN)/python -c "import yaml; print(' '.join(yaml.safe_load(open('dvc.lock'))['stages']))")
+	$(BIN)/python -m getlib.stages.distill params.yaml --adopt-pulled
 
 # This machine's results/<profile>/ against the committed ones, metric by metric, with tolerances.
 report: setup

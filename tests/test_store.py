@@ -81,7 +81,8 @@ def test_a_studys_lock_is_its_profiles_upstream_and_current_code(profile):
 @pytest.mark.slow
 def test_a_fresh_copy_pulls_the_default_and_has_nothing_to_run(tmp_path):
     """`dvc pull` from the store gives every artifact of dvc.lock with its bytes: `dvc status` is
-    clean and `dvc repro` runs nothing (offline: the store is a folder of the repository)."""
+    clean and `dvc repro` runs nothing (offline: the store is a folder of the repository); adopted,
+    the pulled runs are finished runs to the distill stage and its notebook (make pull does both)."""
     repo = tmp_path / "project"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
@@ -90,10 +91,15 @@ def test_a_fresh_copy_pulls_the_default_and_has_nothing_to_run(tmp_path):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm copy", repo)
-    run("dvc pull", repo)
+    run("dvc pull -r store", repo)
     assert "up to date" in run("dvc status", repo).stdout
     assert ran(run("dvc repro", repo)) == set()
     assert run("git status --porcelain", repo).stdout == ""
+    # the pulled runs lack their provenance record (.dvcignore): adopted, the stage keeps them
+    assert "kept as finished: get-p, vit-p" in run("python -m getlib.stages.distill params.yaml --adopt-pulled", repo).stdout
+    finished = ("from getlib.config import load_params; from getlib.runs import run_is_finished; "
+                "p = load_params('params.yaml'); print(all(run_is_finished(p.train_config(k)) for k in p.students))")
+    assert run(f'python -c "{finished}"', repo).stdout.strip() == "True"
 
 
 def test_the_readme_states_the_stores_size():

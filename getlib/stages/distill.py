@@ -4,7 +4,9 @@ A second worker can train other students of the same profile outside DVC, throug
 
     python -m getlib.stages.distill profiles/claims.yaml get-paper-lr1e3-s0 [more students]
 
-`dvc repro` later finds those runs finished (same settings, pairs and code) and keeps them.
+`dvc repro` later finds those runs finished (same settings, pairs and code) and keeps them. After
+`dvc pull`, `python -m getlib.stages.distill params.yaml --adopt-pulled` (make pull runs it) lets the
+stage keep the pulled runs too (`adopt_pulled`).
 
 A student that differs from another student of the profile only in a larger max_steps (under the
 constant schedule) starts from that student's finished run: its first steps are that run, bit for
@@ -122,15 +124,48 @@ def _continue_shorter_run(p: Params, key: str, nproc: int) -> None:
         log(Path(cfg.out), f"training from scratch, no shorter run to continue: {' | '.join(why_not)}")
 
 
+def adopt_pulled(p: Params) -> list[str]:
+    """Give the runs `dvc pull` restored their provenance record, so that this stage (and its
+    notebook, run by hand) keeps them instead of training them again; returns the students adopted.
+
+    The record is not part of the artifact (.dvcignore: it holds the training's wall-clock time), so
+    a restored folder has none, and without one a run's pairs and code are unknown. DVC knows them:
+    a run is adopted only where DVC finds its stage up to date (the folder has the hash dvc.lock
+    records, made from these params, this code and this pair set), and its record says what the
+    training would have written, the seconds unknown (None)."""
+    from dvc.repo import Repo
+
+    from getlib.io import file_sha256
+    from getlib.provenance import read_record, write_record
+    from getlib.runs import checkpoint_path, run_provenance
+    adopted = []
+    with Repo(str(p.root)) as repo:
+        for key in p.students:
+            cfg = p.train_config(key)
+            out = Path(cfg.out)
+            if read_record(out) is not None or not (out / "student.pt").is_file() or repo.status([f"distill@{key}"]):
+                continue
+            write_record(out, {**run_provenance(cfg), "checkpoint_sha256": file_sha256(checkpoint_path(out)),
+                               "seconds": None})
+            adopted.append(key)
+    return adopted
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from getlib.config import load_params, project_root
     parser = argparse.ArgumentParser(description="Train students of a profile through the distill stage.")
     parser.add_argument("params", help="params.yaml or a profile file")
-    parser.add_argument("students", nargs="+", help="keys of students in that file")
+    parser.add_argument("students", nargs="*", help="keys of students in that file")
+    parser.add_argument("--adopt-pulled", action="store_true",
+                        help="instead: give the pulled runs DVC finds current their provenance record")
     args = parser.parse_args(argv)
+    if bool(args.students) == args.adopt_pulled:
+        parser.error("name students to train, or --adopt-pulled alone")
     p = load_params(args.params, root=project_root())
+    if args.adopt_pulled:
+        print(f"pulled runs kept as finished: {', '.join(adopt_pulled(p)) or 'none'}", flush=True)
     for key in args.students:
         summary = distill(p, key)
         print(f"{key}: {summary['steps']} steps", flush=True)

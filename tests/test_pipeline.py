@@ -180,12 +180,12 @@ def test_a_stage_that_keeps_its_artifacts_renders_the_notebook_a_fresh_run_rende
 
 @pytest.mark.parametrize("edit, message", [
     (lambda raw: raw["students"]["get-p"].__setitem__("model", "GET-Z/2"), "students.get-p.model: unknown model 'GET-Z/2'"),
-    (lambda raw: raw["distill"].__setitem__("lrr", 1), "unknown key(s) ['lrr']"),
+    (lambda raw: raw["distill"].__setitem__("lrr", 1), "distill: unknown training setting(s) ['lrr']"),
 ])
 def test_a_bad_param_is_refused_in_one_line_before_any_stage_runs(smoke, edit, message):
     """The check stage runs first: a bad key or value stops `dvc repro` there, with one line naming
     it; no stage ran, so no output was removed (`git status` shows only the edit) and the cache is
-    whole. Put right, the check runs again and no stage after it (its token is the same bytes)."""
+    whole. Put right, no stage after the check runs (its token is the same bytes)."""
     repo, _ = smoke
     status = lambda: set(run("git status --porcelain", repo).stdout.splitlines())  # noqa: E731
     before, params = status(), (repo / "params.yaml").read_text()
@@ -202,7 +202,7 @@ def test_a_bad_param_is_refused_in_one_line_before_any_stage_runs(smoke, edit, m
             assert (repo / "work/smoke" / kept).is_file(), kept
     finally:
         (repo / "params.yaml").write_text(params)
-    assert ran(run("dvc repro", repo)) == {"check"}
+    assert ran(run("dvc repro", repo)) <= {"check"}   # put right: at most the check again, no other stage
 
 
 def test_an_output_neutral_edit_of_the_teachers_code_reruns_the_teacher_alone(smoke):
@@ -249,7 +249,8 @@ def test_interim_results_take_runs_that_are_not_here_from_their_current_records(
     out = run(f"{BIN / 'python'} -m getlib.stages.interim params.yaml --recheck", repo)
     summary = json.loads((results / "interim.json").read_text())
     assert {k: v for k, v in summary.items() if k != "compute"} == {
-        "evaluated": ["get-p", "get-p-cond"], "recorded": ["vit-p"], "stale": {}, "pending": []}, out.stdout
+        "evaluated": ["get-p", "get-p-cond"], "recorded": ["vit-p"], "stale": {}, "not_rechecked": [],
+        "pending": []}, out.stdout
     assert summary["compute"]["trained_runs"] == 3 and summary["compute"]["training_pflops"] == sum(
         full[k]["train_pflops"] for k in ("get-p", "vit-p", "get-p-cond"))
     rows = json.loads((results / "evaluation/comparison.json").read_text())

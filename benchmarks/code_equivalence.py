@@ -48,6 +48,7 @@ def machine_name() -> str:
     import torch
     return machine(torch.device("cpu"))   # (it names the CPU's model)
 
+
 IGNORED = [line.strip() for line in (ROOT / ".dvcignore").read_text().splitlines()
            if line.strip() and not line.startswith("#")]
 # Grouping a profile's students into recipes: these settings only pick a point of the same code path.

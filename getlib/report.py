@@ -9,8 +9,8 @@ prints a Markdown table, one line per number: this machine's, the committed one,
 comparison used and the verdict (`identical`: equal to the last bit, so the machine reproduced the
 bytes; `within`; `OUTSIDE`; `new`: only here; `missing`: committed but not here, e.g. the stage has
 not run; `not re-made`: its file is the committed one byte for byte, clock fields included, so this
-machine did not make it: pulled, or its stage did not run). The numbers are the computed ones only: each source's FID, the feature network's held-out
-accuracy, each teacher's final training loss. Clock-measured fields (seconds, images per second,
+machine did not make it: pulled, or its stage did not run). The numbers are the computed ones
+only: each source's FID, the feature network's held-out accuracy, each teacher's final training loss. Clock-measured fields (seconds, images per second,
 memory) depend on the machine's load, not on the computation, and are left out. A generated
 source's FID moves with the evaluation's sampling seeds, so it passes within 2 sd of the committed
 seed ranges; a number without such a spread passes within a fixed margin (RULES lists them all).
@@ -32,14 +32,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
-from getlib.config import project_root
+from getlib.config import load_params, project_root
 from getlib.io import atomic_write
 from getlib.machine import machine
 
-__all__ = ["Rule", "RULES", "ReportError", "compare", "summary", "render", "committed_files", "working_files",
-           "default_profile", "main"]
+__all__ = ["Rule", "RULES", "ReportError", "compare", "summary", "render", "committed_files", "working_files", "main"]
 
 
 @dataclass(frozen=True)
@@ -209,18 +207,6 @@ def working_files(root: Path, profile: str) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in names if _compared(name)}
 
 
-def default_profile(root: Path) -> str:
-    """The `profile:` of the project's params.yaml."""
-    path = root / "params.yaml"
-    try:
-        params = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError as e:
-        raise ReportError(f"{path} is not valid YAML: {e}") from e
-    if not isinstance(params, dict) or not isinstance(params.get("profile"), str):
-        raise ReportError(f"{path} names no profile (a `profile:` key): give one with --profile")
-    return params["profile"]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", help="the results/<profile>/ to compare (default: params.yaml's profile)")
@@ -229,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         root = project_root()
-        profile = args.profile or default_profile(root)
+        profile = args.profile or load_params(root / "params.yaml").profile
         commit = _git(root, "rev-parse", "--short", "--verify", f"{args.against}^{{commit}}").decode().strip()
         rows = compare(committed_files(root, args.against, profile), working_files(root, profile))
-    except (ReportError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:   # (ReportError, and config's ParamsError)
         print(f"getlib.report: {e}", file=sys.stderr)
         return 2
     report = render(rows, f"results/{profile}/ of this machine ({machine(torch.device('cpu'))}) against "

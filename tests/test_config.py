@@ -187,3 +187,25 @@ def test_validating_params_needs_none_of_the_librarys_code():
     needs only the settings dataclasses and the one device resolver."""
     from getlib.provenance import import_closure
     assert import_closure("getlib.config") == ["getlib", "getlib.config", "getlib.devices", "getlib.settings"]
+
+
+def test_the_check_stage_refuses_in_one_line_and_writes_its_token_only_when_valid(tmp_path, monkeypatch, capsys):
+    """`python -m getlib.stages.check`: a bad params.yaml, or a Python without the project's
+    environment, is one line on stderr and no token; a valid one writes the same token every time."""
+    import sys
+
+    from getlib.stages import check
+    token = tmp_path / "work" / "checked"
+    assert check.main([str(ROOT / "params.yaml"), str(token)]) == 0
+    assert token.read_bytes() == check.TOKEN
+    token.unlink()
+    bad = tmp_path / "params.yaml"
+    bad.write_text((ROOT / "params.yaml").read_text().replace("  lr: 2.0e-3", "  lrr: 2.0e-3"))
+    assert check.main([str(bad), str(token)]) == 1 and not token.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown training setting(s) ['lrr']" in err[0]
+    monkeypatch.setitem(sys.modules, "papermill", None)   # (importing it then fails, as outside the venv)
+    assert check.main([str(ROOT / "params.yaml"), str(token)]) == 1 and not token.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no 'papermill': run DVC from the project's environment" in err[0]
+    assert check.main([]) == 2

@@ -1,11 +1,13 @@
 """getlib.report: each number against its committed value under its rule, and the command on a tiny git repository."""
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from getlib.report import RULES, compare, main
+from conftest import ROOT
 
 # trimmed from results/digits/ (the clock-measured fields kept, to show they are ignored)
 COMPARISON = [
@@ -107,7 +109,7 @@ def git(root: Path, *args: str) -> None:
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    (tmp_path / "params.yaml").write_text("profile: digits\n")
+    shutil.copy(ROOT / "profiles" / "digits.yaml", tmp_path / "params.yaml")   # (profile: digits)
     for name, text in files().items():
         (tmp_path / "results" / "digits" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "results" / "digits" / name).write_text(text)
@@ -150,3 +152,6 @@ def test_main_refuses_an_unknown_profile_or_revision(project, capsys):
     assert len(err.splitlines()) == 1 and "'cifar'" in err and "profiles there: digits" in err
     assert main(["--against", "no-such-rev"]) == 2
     assert "no-such-rev" in capsys.readouterr().err
+    (project / "params.yaml").write_text((project / "params.yaml").read_text() + "lrr: 1\n")
+    assert main([]) == 2   # the profile comes from params.yaml, read (and refused) as every stage reads it
+    assert "unknown key(s) ['lrr']" in capsys.readouterr().err
